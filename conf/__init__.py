@@ -1,0 +1,1 @@
+"""The hydra configuration tree, installed as `diffusion_align.conf` (see setup.py)."""
