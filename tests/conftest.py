@@ -1,0 +1,97 @@
+"""Session-wide test setup: no network, and tiny pipelines built once per session.
+
+Every tiny pipeline is a real diffusers architecture with seeded random weights (``diffusion_align.testing``),
+built on first request into a session temp dir; later requests reuse the directory. Tests must treat these
+directories as read-only: load with ``from_pretrained`` and save anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before anything imports huggingface_hub (it reads these once): no test may reach the Hub. The fixtures below
+# import diffusion_align.testing (and with it diffusers/transformers) lazily, after this has run.
+for _offline_flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_offline_flag] = "1"
+
+TinyPipelineFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_path(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelineFactory:
+    """``tiny_pipeline_path(family, **builder_kwargs) -> Path``: built once per session and arguments.
+
+    Example: ``tiny_pipeline_path("sd15", prediction_type="v_prediction")``.
+    """
+    from diffusion_align.testing import build_tiny_pipeline
+
+    built: dict[tuple[str, tuple[tuple[str, Any], ...]], Path] = {}
+
+    def get(family: str, **builder_kwargs: Any) -> Path:
+        key = (family, tuple(sorted(builder_kwargs.items())))
+        if key not in built:
+            directory = tmp_path_factory.mktemp(f"tiny_{family}")
+            built[key] = build_tiny_pipeline(family, directory, **builder_kwargs)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("pixart")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("wan")
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_path(tiny_pipeline_path: TinyPipelineFactory) -> Path:
+    return tiny_pipeline_path("cogvideox")
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved offline CLIP tokenizer (49,408 tokens, 77 positions) for ``CLIPTokenizer.from_pretrained``."""
+    from diffusion_align.testing import build_clip_tokenizer
+
+    directory = tmp_path_factory.mktemp("clip_tokenizer")
+    build_clip_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved offline T5 Unigram tokenizer for ``T5Tokenizer.from_pretrained`` / ``AutoTokenizer``."""
+    from diffusion_align.testing import build_t5_tokenizer
+
+    directory = tmp_path_factory.mktemp("t5_tokenizer")
+    build_t5_tokenizer(directory)
+    return directory
