@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
+from diffusion_align.config import register_resolvers
+
 CONFIG_PACKAGE = "pkg://diffusion_align.conf"
 
 
@@ -26,7 +28,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("fine-tune a diffusers model on preference data with any method", pending="issue 4"),
+    "train": Command("fine-tune a diffusers model on preference data with any method", "diffusion_align.train.loop:run"),
     "generate": Command("generate a ranked preference dataset (Syn-Pic style) as Parquet", pending="issue 6"),
     "score": Command("score images (folder or Parquet) with reward models", pending="issue 5"),
     "evaluate": Command("compare models side by side: win rates, grids, HTML report", pending="issue 8"),
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"diffalign: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    register_resolvers()
     sys.argv = [f"diffalign-{name}", *rest]
     hydra.main(config_path=CONFIG_PACKAGE, config_name=name, version_base="1.3")(_task(name, COMMANDS[name]))()
 

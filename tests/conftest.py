@@ -19,6 +19,21 @@ import pytest
 for _offline_flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_offline_flag] = "1"
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_tiny_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``${tiny_model:...}`` / ``${tiny_data:...}`` build into a session directory, never into the user's cache."""
+    previous = os.environ.get("DIFFALIGN_CACHE")
+    os.environ["DIFFALIGN_CACHE"] = str(tmp_path_factory.mktemp("diffalign_cache"))
+    from diffusion_align.config import register_resolvers
+
+    register_resolvers()
+    yield
+    if previous is None:
+        os.environ.pop("DIFFALIGN_CACHE", None)
+    else:
+        os.environ["DIFFALIGN_CACHE"] = previous
+
 TinyPipelineFactory = Callable[..., Path]
 
 

@@ -1,0 +1,73 @@
+"""The model-adapter interface: what the trainer needs from any diffusers model family.
+
+An adapter hides the family: ε / v / flow-velocity targets, SDXL time ids, Flux packing and guidance, video frame
+layouts. The trainer calls the same methods for every family, so adding a family never touches ``train/``.
+
+Shapes: ``N`` samples (the trainer flattens ``B`` prompts × ``K`` candidates), latents ``[N, C, h, w]`` for images and
+``[N, C, f, h, w]`` for video (the adapter converts to its model's own layout inside :meth:`predict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+TimestepKind = Literal["discrete", "flow"]
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """How an adapter's timesteps are drawn and read.
+
+    Attributes:
+        kind: ``discrete`` — integer DDPM timesteps in ``[0, num_train_timesteps)`` (ε or v prediction);
+            ``flow`` — continuous noise level σ in ``(0, 1)``, ``x_σ = (1-σ)·x0 + σ·ε`` (rectified flow).
+        num_train_timesteps: 1000 for every family we wrap; flow models receive ``σ·num_train_timesteps``.
+    """
+
+    kind: TimestepKind
+    num_train_timesteps: int = 1000
+
+
+@runtime_checkable
+class DiffusionAdapter(Protocol):
+    """One model family behind the trainer's interface (see module docstring for shapes)."""
+
+    family: str
+    pipeline: object
+    denoiser: nn.Module
+    schedule: NoiseSchedule
+    noise_scheduler: object  # the diffusers training scheduler (DDPMScheduler, FlowMatchEulerDiscreteScheduler, ...)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
+        """Text conditioning for ``prompts``: name -> ``[N, ...]`` tensors (cacheable, no grad)."""
+
+    def vae_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Unscaled VAE posterior ``(mean, std)`` of ``pixels`` in [-1, 1] (cacheable, no grad)."""
+
+    def scale_latents(self, sample: Tensor) -> Tensor:
+        """Apply the VAE's shift and scaling factor to a posterior sample: the latents the denoiser is trained on."""
+
+    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """Forward-noise ``latents`` to ``timesteps`` (``[N]``: ints for discrete, σ for flow)."""
+
+    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the denoiser must predict: ε, v, or the flow velocity ε - x0."""
+
+    def predict(self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None) -> Tensor:
+        """Run ``denoiser`` (the policy by default) on a batch; returns the prediction in the target's layout."""
+
+
+@contextlib.contextmanager
+def adapters_disabled(denoiser: nn.Module) -> Iterator[None]:
+    """Run ``denoiser`` without its LoRA adapters (diffusers' PeftAdapterMixin), restoring them afterwards."""
+    denoiser.disable_adapters()
+    try:
+        yield
+    finally:
+        denoiser.enable_adapters()
+

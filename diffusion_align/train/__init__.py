@@ -1,0 +1,1 @@
+"""Training: ``step.py`` holds the science of one step, ``loop.py`` the engineering of the offline loop."""

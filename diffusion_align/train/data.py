@@ -1,0 +1,54 @@
+"""The training data loader: dataset from ``conf/data``, the optional latent + text-embedding cache, seeded order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from diffusion_align.config import ConfigError, build
+from diffusion_align.data import CachedPreferenceDataset, build_cache, collate_preference
+from diffusion_align.train.sampler import EpochPermutationSampler
+
+
+def make_dataset(cfg: DictConfig, adapter):
+    """``cfg.data.dataset``, read through the cache when ``cfg.data.cache.enabled`` (built on first use)."""
+    dataset = build(cfg.data.dataset)
+    cache = cfg.data.cache
+    if not cache.enabled:
+        return dataset
+    cache_dir = Path(cache.dir) if cache.dir else Path(cfg.output_dir) / "cache"
+    build_cache(
+        dataset,
+        encode_posterior=adapter.vae_posterior,
+        encode_prompts=adapter.encode_prompts,
+        out_dir=cache_dir,
+        batch_size=cache.batch_size,
+        encoder_id=f"{adapter.family}:{cfg.model.adapter.path}:{cfg.model.resolution}",
+    )
+    return CachedPreferenceDataset(cache_dir)
+
+
+def make_loader(cfg: DictConfig, adapter) -> DataLoader:
+    """A loader over the dataset in a seeded per-epoch order; full batches only (static shapes).
+
+    Workers are not persistent: each epoch's workers start from the dataset's current epoch (its augmentation and
+    prompt dropout are fixed by (seed, epoch, row)).
+    """
+    dataset = make_dataset(cfg, adapter)
+    loader_cfg = cfg.data.loader
+    if len(dataset) < loader_cfg.batch_size:
+        raise ConfigError(
+            f"data.loader.batch_size={loader_cfg.batch_size} but the dataset has only {len(dataset)} usable rows "
+            f"(after the tie policy and skipped rows)"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=loader_cfg.batch_size,
+        sampler=EpochPermutationSampler(len(dataset), seed=cfg.seed),
+        collate_fn=collate_preference,
+        num_workers=loader_cfg.num_workers,
+        pin_memory=loader_cfg.pin_memory,
+        drop_last=True,
+    )

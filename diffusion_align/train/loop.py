@@ -1,0 +1,220 @@
+"""``diffalign train``: the one offline training loop (accelerate), read top to bottom.
+
+The science of a step lives in :mod:`diffusion_align.train.step`; this file is engineering: devices and precision,
+LoRA or full fine-tuning, data loading, accumulation, clipping, logging, checkpoints and the final save.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from diffusion_align.adapters.lora import add_lora, save_lora
+from diffusion_align.config import ConfigError, build
+from diffusion_align.reference import NoReference
+from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffusion_align.train.data import make_loader
+from diffusion_align.train.metrics import MetricAverager
+from diffusion_align.train.modelcard import write_model_card
+from diffusion_align.train.step import StepInputs, preference_step
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train as ``cfg`` says; returns the output directory (LoRA weights or a full pipeline, and a model card)."""
+    out_dir = Path(cfg.output_dir)
+    trainer = cfg.trainer
+    accelerator = Accelerator(
+        gradient_accumulation_steps=trainer.gradient_accumulation_steps,
+        mixed_precision=trainer.mixed_precision,
+        log_with=list(trainer.report_to) or None,
+        project_dir=str(out_dir),
+    )
+    set_seed(cfg.seed)
+    adapter = build(cfg.model.adapter)
+    reference = make_reference(cfg, adapter)  # before LoRA: a frozen copy must be of the base network
+    params = make_trainable(cfg, adapter)
+    place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[trainer.mixed_precision])
+    if trainer.gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    method = make_method(cfg, adapter)
+    loader = make_loader(cfg, adapter)
+    dataset = loader.dataset
+    optimizer = build(trainer.optimizer)(params)
+    scheduler = get_scheduler(
+        trainer.lr_scheduler.name,
+        optimizer,
+        num_warmup_steps=trainer.lr_scheduler.warmup_steps * accelerator.num_processes,
+        num_training_steps=trainer.max_steps * accelerator.num_processes,
+    )
+    policy, optimizer, loader, scheduler = accelerator.prepare(adapter.denoiser, optimizer, loader, scheduler)
+    state = LoopState()
+    resume = resolve_checkpoint(out_dir / "checkpoints", trainer.resume_from_checkpoint)
+    if resume is not None:
+        state, extra = load_checkpoint(resume, adapter.denoiser, optimizer, scheduler)
+        reference.load_state_tensors(extra)
+        log.info("resumed from %s at step %d", resume, state.step)
+    if trainer.report_to:
+        accelerator.init_trackers(trainer.project_name, config=flat_config(cfg))
+    train(cfg, accelerator, adapter, reference, method, policy, optimizer, scheduler, loader, dataset, state, out_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(cfg, adapter, out_dir, state)
+    accelerator.end_training()
+    return out_dir
+
+
+def make_reference(cfg: DictConfig, adapter):
+    """The reference the method needs: none for reference-free methods, else ``conf/reference/<name>.yaml``."""
+    if not cfg.method.needs_reference:
+        return NoReference()
+    if cfg.reference.requires_lora and cfg.model.finetune.mode != "lora":
+        raise ConfigError("reference=lora_disabled needs model.finetune.mode=lora; use reference=frozen_copy")
+    return build(cfg.reference.build, adapter=adapter)
+
+
+def make_trainable(cfg: DictConfig, adapter) -> list[torch.nn.Parameter]:
+    """LoRA layers (peft) or every weight of the denoiser, as ``model.finetune.mode`` says."""
+    finetune = cfg.model.finetune
+    if finetune.mode == "lora":
+        return add_lora(
+            adapter.denoiser,
+            rank=finetune.rank,
+            alpha=finetune.alpha,
+            target_modules=list(finetune.target_modules),
+            init_lora_weights=finetune.init_lora_weights,
+        )
+    if finetune.mode == "full":
+        adapter.denoiser.requires_grad_(True).to(torch.float32)
+        return list(adapter.denoiser.parameters())
+    raise ConfigError(f"model.finetune.mode '{finetune.mode}': expected lora or full")
+
+
+def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: torch.dtype) -> None:
+    """Frozen modules go to the device in the mixed-precision dtype; trainable weights stay float32.
+
+    With LoRA the denoiser's frozen base is cast too and only the adapter layers stay float32 (as diffusers'
+    ``cast_training_params``); a full fine-tune keeps float32 master weights under autocast.
+    """
+    for module in adapter.frozen_modules.values():
+        module.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
+    denoiser = adapter.denoiser
+    denoiser.to(accelerator.device)
+    for param in denoiser.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(weight_dtype)
+    reference.to(accelerator.device)
+
+
+def make_method(cfg: DictConfig, adapter) -> StepInputs:
+    """The loss and samplers of ``conf/method/<name>.yaml`` and ``conf/timesteps/<name>.yaml``."""
+    method = cfg.method
+    if method.noising != "forward":
+        raise ConfigError(f"method.noising '{method.noising}': only 'forward' noising is available in the offline loop")
+    if method.inputs not in ("pairwise", "ranked", "unpaired", "segments"):
+        raise ConfigError(f"method.inputs '{method.inputs}' is not an offline kind (the step-level loop is separate)")
+    timesteps = cfg.timesteps
+    return StepInputs(
+        loss_fn=build(method.loss),
+        inputs=method.inputs,
+        sample_timesteps=build(timesteps.sampler, schedule=adapter.schedule),
+        weight_fn=None
+        if timesteps.weight is None
+        else build(timesteps.weight, schedule=adapter.schedule, noise_scheduler=adapter.noise_scheduler),
+        label_fn=None if method.get("label_fn") is None else build(method.label_fn),
+        segments=method.get("segments"),
+    )
+
+
+def train(cfg, accelerator, adapter, reference, method, policy, optimizer, scheduler, loader, dataset, state, out_dir):
+    """Optimizer steps until ``trainer.max_steps``; logs, checkpoints and stops cleanly on a non-finite loss."""
+    trainer = cfg.trainer
+    averager = MetricAverager()
+    progress = tqdm(total=trainer.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    while state.step < trainer.max_steps:
+        loader.set_epoch(state.epoch)  # the sampler's order
+        dataset.set_epoch(state.epoch)  # augmentation and prompt dropout
+        batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        for batch in batches:
+            state.batch_in_epoch += 1
+            with accelerator.accumulate(policy):
+                with accelerator.autocast():
+                    out = preference_step(adapter, reference, method, batch, epoch=state.epoch, seed=cfg.seed, policy=policy)
+                finite = bool(torch.isfinite(out.loss)) if trainer.check_finite else True
+                if finite:
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and trainer.max_grad_norm:
+                        accelerator.clip_grad_norm_(policy.parameters(), trainer.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not finite:
+                handle_nonfinite(trainer, state, out)
+            averager.add(out.metrics, loss=out.loss)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            progress.update(1)
+            reference.update(adapter.denoiser)
+            if state.step % trainer.log_every == 0 or state.step == trainer.max_steps:
+                logs = averager.pop(prefix="train/")
+                logs["train/lr"] = scheduler.get_last_lr()[0]
+                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", acc=f"{logs.get('train/rewards/accuracies', 0):.2f}")
+                accelerator.log(logs, step=state.step)
+            if trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0 and accelerator.is_main_process:
+                save_checkpoint(out_dir / "checkpoints", state, adapter.denoiser, optimizer, scheduler,
+                                extra=reference.state_tensors(), keep_last=trainer.checkpoints_keep)
+            if state.step >= trainer.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    progress.close()
+
+
+def handle_nonfinite(trainer, state: LoopState, out) -> None:
+    """A non-finite loss: skip the step (counted) or stop, as ``trainer.on_nonfinite`` says."""
+    state.skipped_nonfinite += 1
+    detail = {k: float(v) for k, v in out.metrics.items()}
+    if trainer.on_nonfinite == "stop":
+        raise FloatingPointError(
+            f"non-finite loss {float(out.loss)} at step {state.step + 1} (metrics {detail}); the last checkpoint is intact"
+        )
+    log.warning("non-finite loss at step %d skipped (%d so far): %s", state.step + 1, state.skipped_nonfinite, detail)
+
+
+def save_final(cfg: DictConfig, adapter, out_dir: Path, state: LoopState) -> None:
+    """LoRA weights in the diffusers format, or the whole pipeline for a full fine-tune; plus a model card."""
+    denoiser = adapter.denoiser
+    if cfg.model.finetune.mode == "lora":
+        save_lora(adapter.pipeline, denoiser, adapter.lora_layers_kwarg, out_dir)
+    else:
+        adapter.pipeline.save_pretrained(out_dir / "pipeline")
+    write_model_card(out_dir, cfg, state)
+
+
+def flat_config(cfg: DictConfig) -> dict:
+    """The resolved config flattened to ``a/b/c: value`` scalars, for trackers' hyperparameter tables."""
+    flat: dict = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        elif isinstance(node, (int, float, str, bool)) or node is None:
+            flat[prefix] = "null" if node is None else node
+        else:
+            flat[prefix] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat

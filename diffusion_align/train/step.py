@@ -1,0 +1,147 @@
+"""The science of one offline preference step: adapter → policy and reference errors → loss.
+
+For each prompt the K candidates (K = 2 for a pair, winner first) share one noise draw and one timestep, as in every
+official offline script (Diffusion-DPO, MaPO, SmPO, InPO). Randomness is drawn per *row* from a generator seeded by
+(run seed, epoch, dataset row): a row sees the same posterior sample, noise and timestep whatever the batch size, the
+gradient accumulation, the number of processes, or an interruption and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor, nn
+
+from diffusion_align.adapters.base import DiffusionAdapter
+from diffusion_align.losses import per_sample_error
+from diffusion_align.types import LossOutput, PreferenceBatch
+
+TimestepSampler = Callable[..., Tensor]
+
+
+@dataclass
+class StepInputs:
+    """The method's pieces, built from config by the loop.
+
+    Attributes:
+        loss_fn: the method's loss (a ``functools.partial`` from ``conf/method/<name>.yaml``).
+        inputs: how the loss consumes errors: ``pairwise`` | ``ranked`` | ``unpaired`` | ``segments``.
+        sample_timesteps: ``(n, generator=, device=) -> [n]`` timesteps: ints for discrete schedules, σ for flow.
+        weight_fn: optional per-timestep loss weight ``[B] -> [B]`` (timestep-aware training).
+        label_fn: optional ``(scores_0, scores_1) -> [B]`` pairwise label from candidate scores (SmPO).
+        segments: number of temporal segments for ``segments`` losses (DenseDPO).
+    """
+
+    loss_fn: Callable[..., LossOutput]
+    sample_timesteps: TimestepSampler
+    inputs: str = "pairwise"
+    weight_fn: Callable[[Tensor], Tensor] | None = None
+    label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    segments: int | None = None
+
+
+def row_seeds(indices: Tensor, epoch: int, seed: int) -> list[int]:
+    """One 63-bit seed per dataset row, stable across runs, batch sizes and processes."""
+    out = []
+    for index in indices.tolist():
+        digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+        out.append(int.from_bytes(digest, "little") >> 1)
+    return out
+
+
+def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+def _randn_rows(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> Tensor:
+    """``[B, *shape]`` standard normal, row b drawn from ``generators[b]``."""
+    return torch.cat([randn_tensor((1, *shape), generator=g, device=device, dtype=torch.float32) for g in generators])
+
+
+def training_latents(adapter: DiffusionAdapter, batch: PreferenceBatch, generators: list[torch.Generator]) -> Tensor:
+    """``[B, K, ...]`` latents: one posterior sample per candidate, from the cache or the VAE on the fly."""
+    if batch.latent_mean is not None:
+        mean, std = batch.latent_mean, batch.latent_std
+    else:
+        pixels = batch.pixel_values
+        mean, std = adapter.vae_posterior(pixels.flatten(0, 1))
+        mean, std = mean.unflatten(0, pixels.shape[:2]), std.unflatten(0, pixels.shape[:2])
+    device = adapter.device
+    mean, std = mean.to(device, torch.float32), std.to(device, torch.float32)
+    eps = _randn_rows(mean.shape[1:], generators, device)
+    return adapter.scale_latents(mean + std * eps)
+
+
+def conditioning(adapter: DiffusionAdapter, batch: PreferenceBatch, k: int) -> dict[str, Tensor]:
+    """Text conditioning for the ``B·K`` flattened samples (each prompt repeated for its K candidates)."""
+    cond = batch.prompt_embeds if batch.prompt_embeds is not None else adapter.encode_prompts(batch.prompts)
+    return {name: v.to(adapter.device).repeat_interleave(k, dim=0) for name, v in cond.items()}
+
+
+def preference_step(
+    adapter: DiffusionAdapter,
+    reference,
+    method: StepInputs,
+    batch: PreferenceBatch,
+    *,
+    epoch: int,
+    seed: int,
+    policy: nn.Module | None = None,
+) -> LossOutput:
+    """Compute the method's loss on one batch.
+
+    Args:
+        adapter: the model family adapter.
+        reference: a reference from :mod:`diffusion_align.reference` (``NoReference`` for reference-free methods).
+        method: loss and samplers (see :class:`StepInputs`).
+        batch: ``B`` prompts × ``K`` candidates.
+        epoch, seed: with ``batch.index``, seed every random draw of each row.
+        policy: the module to run as the policy (the accelerate-wrapped denoiser); defaults to ``adapter.denoiser``.
+    """
+    generators = row_generators(row_seeds(batch.index, epoch, seed), adapter.device)
+    latents = training_latents(adapter, batch, generators)  # [B, K, ...]
+    b, k = latents.shape[:2]
+    noise = _randn_rows(latents.shape[2:], generators, adapter.device)  # shared by the K candidates of a row
+    t = torch.cat([method.sample_timesteps(1, generator=g, device=adapter.device) for g in generators])
+    flat_t = t.repeat_interleave(k)
+    flat_latents, flat_noise = latents.flatten(0, 1), noise.repeat_interleave(k, dim=0)
+    noisy = adapter.add_noise(flat_latents, flat_noise, flat_t)
+    target = adapter.target(flat_latents, flat_noise, flat_t)
+    cond = conditioning(adapter, batch, k)
+    pred = adapter.predict(noisy, flat_t, cond, denoiser=policy)
+    err = per_sample_error(pred, target, segments=method.segments).unflatten(0, (b, k))
+    ref_pred = reference.predict(noisy, flat_t, cond)
+    ref_err = None if ref_pred is None else per_sample_error(ref_pred, target, segments=method.segments).unflatten(0, (b, k))
+    weights = None if method.weight_fn is None else method.weight_fn(t)
+    out = call_loss(method, err, ref_err, batch, weights)
+    out.metrics["timesteps/mean"] = t.detach().float().mean()
+    return out
+
+
+def call_loss(method: StepInputs, err: Tensor, ref_err: Tensor | None, batch: PreferenceBatch, weights) -> LossOutput:
+    """Hand the ``[B, K(, S)]`` errors to the loss in the layout its ``inputs`` kind declares."""
+    ref = (None, None) if ref_err is None else (ref_err[:, 0], ref_err[:, 1])
+    if method.inputs == "pairwise":
+        label = batch.label
+        if method.label_fn is not None:
+            label = method.label_fn(batch.scores[:, 0], batch.scores[:, 1])
+        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], label=_on(label, err), weights=weights)
+    if method.inputs == "segments":
+        seg = _on(batch.segment_label, err)
+        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], segment_label=seg, weights=weights)
+    if method.inputs == "ranked":
+        return method.loss_fn(err, ref_err, _on(batch.scores, err), weights=weights)
+    if method.inputs == "unpaired":
+        k = err.shape[1]
+        w = None if weights is None else weights.repeat_interleave(k)
+        ref_flat = None if ref_err is None else ref_err.flatten()
+        return method.loss_fn(err.flatten(), ref_flat, _on(batch.desirable, err).flatten(), weights=w)
+    raise ValueError(f"method.inputs '{method.inputs}': expected pairwise, segments, ranked or unpaired")
+
+
+def _on(value: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if value is None else value.to(like.device)

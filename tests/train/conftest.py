@@ -1,0 +1,35 @@
+"""Helpers for training tests: run `diffalign train` in-process with hydra overrides, into a test directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from diffusion_align.cli import main
+
+
+def train_cli(out_dir: Path, *overrides: str) -> Path:
+    """``diffalign train debug=tiny <overrides>`` with outputs in ``out_dir``; returns ``out_dir``.
+
+    ``HYDRA_FULL_ERROR=1`` makes hydra re-raise the job's own exception, so tests can assert on it.
+    """
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    main(["train", "debug=tiny", f"hydra.run.dir={out_dir}", "hydra/job_logging=disabled",
+          "hydra/hydra_logging=disabled", *overrides])
+    return out_dir
+
+
+@pytest.fixture
+def run_train():
+    return train_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory) -> Path:
+    from diffusion_align.testing.data import write_tiny_pairwise_parquet
+
+    directory = tmp_path_factory.mktemp("pairs")
+    write_tiny_pairwise_parquet(directory, n_rows=16, resolution=32, seed=0, ties=0)
+    return directory
