@@ -8,18 +8,22 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from diffusion_align.config import ConfigError, build
-from diffusion_align.data import CachedPreferenceDataset, build_cache, collate_preference
+from diffusion_align.data import build_cache, collate_preference
 from diffusion_align.train.sampler import EpochPermutationSampler
 
 
 def make_dataset(cfg: DictConfig, adapter):
-    """``cfg.data.dataset``, read through the cache when ``cfg.data.cache.enabled`` (built on first use)."""
+    """``cfg.data.dataset``, read through the cache when ``cfg.data.cache.enabled``.
+
+    The cache is built on first use (a killed build resumes; a cache of other data, resolution or encoder is refused
+    as stale). Under several processes it is built by the main process first, the others then read it.
+    """
     dataset = build(cfg.data.dataset)
     cache = cfg.data.cache
     if not cache.enabled:
         return dataset
     cache_dir = Path(cache.dir) if cache.dir else Path(cfg.output_dir) / "cache"
-    build_cache(
+    return build_cache(
         dataset,
         encode_posterior=adapter.vae_posterior,
         encode_prompts=adapter.encode_prompts,
@@ -27,7 +31,6 @@ def make_dataset(cfg: DictConfig, adapter):
         batch_size=cache.batch_size,
         encoder_id=f"{adapter.family}:{cfg.model.adapter.path}:{cfg.model.resolution}",
     )
-    return CachedPreferenceDataset(cache_dir)
 
 
 def make_loader(cfg: DictConfig, adapter) -> DataLoader:

@@ -48,7 +48,8 @@ def run(cfg: DictConfig) -> Path:
     if trainer.gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
     method = make_method(cfg, adapter)
-    loader = make_loader(cfg, adapter)
+    with accelerator.main_process_first():  # the latent cache is built once, by the main process
+        loader = make_loader(cfg, adapter)
     dataset = loader.dataset
     optimizer = build(trainer.optimizer)(params)
     scheduler = get_scheduler(
