@@ -124,6 +124,13 @@ def preference_step(
 
 def call_loss(method: StepInputs, err: Tensor, ref_err: Tensor | None, batch: PreferenceBatch, weights) -> LossOutput:
     """Hand the ``[B, K(, S)]`` errors to the loss in the layout its ``inputs`` kind declares."""
+    if method.inputs == "unpaired":
+        k = err.shape[1]
+        w = None if weights is None else weights.repeat_interleave(k)
+        ref_flat = None if ref_err is None else ref_err.flatten()
+        return method.loss_fn(err.flatten(), ref_flat, _on(batch.desirable, err).flatten(), weights=w)
+    if method.inputs == "ranked":
+        return method.loss_fn(err, ref_err, _on(batch.scores, err), weights=weights)
     ref = (None, None) if ref_err is None else (ref_err[:, 0], ref_err[:, 1])
     if method.inputs == "pairwise":
         label = batch.label
@@ -133,13 +140,6 @@ def call_loss(method: StepInputs, err: Tensor, ref_err: Tensor | None, batch: Pr
     if method.inputs == "segments":
         seg = _on(batch.segment_label, err)
         return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], segment_label=seg, weights=weights)
-    if method.inputs == "ranked":
-        return method.loss_fn(err, ref_err, _on(batch.scores, err), weights=weights)
-    if method.inputs == "unpaired":
-        k = err.shape[1]
-        w = None if weights is None else weights.repeat_interleave(k)
-        ref_flat = None if ref_err is None else ref_err.flatten()
-        return method.loss_fn(err.flatten(), ref_flat, _on(batch.desirable, err).flatten(), weights=w)
     raise ValueError(f"method.inputs '{method.inputs}': expected pairwise, segments, ranked or unpaired")
 
 
