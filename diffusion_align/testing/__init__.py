@@ -14,6 +14,7 @@ from diffusion_align.testing.tiny import (
     build_tiny_wan,
     tiny_call_kwargs,
 )
+from diffusion_align.testing.tiny_rewards import build_tiny_reward
 from diffusion_align.testing.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "build_tiny_flux",
     "build_tiny_pipeline",
     "build_tiny_pixart",
+    "build_tiny_reward",
     "build_tiny_sd3",
     "build_tiny_sd15",
     "build_tiny_sdxl",

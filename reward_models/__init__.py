@@ -1,0 +1,40 @@
+"""Reward models behind one interface: ``score(images, prompts) -> Tensor[N]`` with a documented ``scale``.
+
+=================  ==========================================  ===============================================
+class              model                                       scale
+=================  ==========================================  ===============================================
+PickScoreReward    PickScore_v1 (CLIP-H/14, transformers)      logit_scale × cosine (≈ 20-23)
+HPSReward          HPSv2 / HPSv2.1 (open_clip ViT-H-14)        raw cosine (≈ 0.25-0.35), ×100 option
+ClipScoreReward    CLIP ViT-L/14 (transformers)                max(100 × cosine, 0)
+AestheticReward    LAION aesthetic v2 MLP over CLIP-L/14       AVA 1-10
+RewardEnsemble     any of the above                            mean of per-model z-scores or ranks
+=================  ==========================================  ===============================================
+
+Configs: ``conf/reward/*.yaml``; command: ``diffalign score`` (:func:`reward_models.scoring.run`).
+"""
+
+from reward_models.aesthetic import AestheticMLP, AestheticReward
+from reward_models.base import ClipRewardModel, RewardModel
+from reward_models.clip_score import ClipScoreReward
+from reward_models.ensemble import RewardEnsemble, normalized_ranks, zscore
+from reward_models.hps import HPSReward
+from reward_models.loading import WeightLoadingError
+from reward_models.pickscore import PickScoreReward
+from reward_models.preprocessing import ClipPreprocessing
+from reward_models.video import VideoScores
+
+__all__ = [
+    "AestheticMLP",
+    "AestheticReward",
+    "ClipPreprocessing",
+    "ClipRewardModel",
+    "ClipScoreReward",
+    "HPSReward",
+    "PickScoreReward",
+    "RewardEnsemble",
+    "RewardModel",
+    "VideoScores",
+    "WeightLoadingError",
+    "normalized_ranks",
+    "zscore",
+]

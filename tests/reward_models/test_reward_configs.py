@@ -1,0 +1,61 @@
+"""conf/reward/*.yaml: every file composes into conf/score.yaml and instantiates on tiny weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from diffusion_align.config import build
+from reward_models import (
+    AestheticReward,
+    ClipScoreReward,
+    HPSReward,
+    PickScoreReward,
+    RewardEnsemble,
+    RewardModel,
+)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+REWARD_CONFIGS = sorted(path.stem for path in (CONF_DIR / "reward").glob("*.yaml"))
+EXPECTED_CLASSES = {
+    "pickscore": PickScoreReward,
+    "hps_v2": HPSReward,
+    "hps_v2_1": HPSReward,
+    "clip_score": ClipScoreReward,
+    "aesthetic": AestheticReward,
+    "ensemble_default": RewardEnsemble,
+}
+
+
+def tiny_overrides(name: str, prefix: str, tiny_reward_kwargs) -> list[str]:
+    """Overrides pointing config ``name`` (at key ``prefix``) at tiny weights."""
+    if name == "ensemble_default":
+        return [
+            override
+            for member in ("pickscore", "hps_v2_1", "clip_score")
+            for override in tiny_overrides(member, f"{prefix}.models.{member}", tiny_reward_kwargs)
+        ]
+    builder = {"hps_v2": "hps", "hps_v2_1": "hps"}.get(name, name)
+    return [f"{prefix}.{key}={value}" for key, value in tiny_reward_kwargs(builder).items()]
+
+
+def test_the_reward_folder_holds_the_documented_options():
+    assert REWARD_CONFIGS == sorted(EXPECTED_CLASSES)
+
+
+@pytest.mark.parametrize("name", REWARD_CONFIGS)
+def test_reward_config_instantiates_on_tiny_weights(name, tiny_reward_kwargs, reward_images, reward_prompts):
+    overrides = [f"reward={name}", "input=unused", "output=unused.csv", *tiny_overrides(name, "reward", tiny_reward_kwargs)]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="score", overrides=overrides)
+    model = build(cfg.reward)
+    assert type(model) is EXPECTED_CLASSES[name] and isinstance(model, RewardModel)
+    assert model.score(reward_images[:2], reward_prompts[:2]).shape == (2,)
+
+
+@pytest.mark.parametrize("name", REWARD_CONFIGS)
+def test_reward_config_documents_its_scale(name):
+    text = (CONF_DIR / "reward" / f"{name}.yaml").read_text()
+    assert "Scale:" in text.split("_target_")[0], f"conf/reward/{name}.yaml: the header comment must state the scale"
