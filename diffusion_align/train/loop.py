@@ -108,7 +108,9 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
     ``cast_training_params``); a full fine-tune keeps float32 master weights under autocast.
     """
     for module in adapter.frozen_modules.values():
-        module.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
+        module.requires_grad_(False).to(accelerator.device)
+        if weight_dtype != torch.float32:
+            module.to(dtype=weight_dtype)
     denoiser = adapter.denoiser
     denoiser.to(accelerator.device)
     for param in denoiser.parameters():
@@ -134,6 +136,7 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
         else build(timesteps.weight, schedule=adapter.schedule, noise_scheduler=adapter.noise_scheduler),
         label_fn=None if method.get("label_fn") is None else build(method.label_fn),
         segments=method.get("segments"),
+        timesteps_arg=method.get("timesteps_arg"),
     )
 
 
@@ -201,7 +204,8 @@ def save_final(cfg: DictConfig, adapter, out_dir: Path, state: LoopState) -> Non
         save_lora(adapter.pipeline, denoiser, adapter.lora_layers_kwarg, out_dir)
     else:
         adapter.pipeline.save_pretrained(out_dir / "pipeline")
-    write_model_card(out_dir, cfg, state)
+    card = write_model_card(out_dir, cfg, state)
+    log.info("trained %d steps; weights and model card in %s", state.step, card.parent)
 
 
 def flat_config(cfg: DictConfig) -> dict:

@@ -34,6 +34,8 @@ class StepInputs:
         weight_fn: optional per-timestep loss weight ``[B] -> [B]`` (timestep-aware training).
         label_fn: optional ``(scores_0, scores_1) -> [B]`` pairwise label from candidate scores (SmPO).
         segments: number of temporal segments for ``segments`` losses (DenseDPO).
+        timesteps_arg: keyword under which the loss receives the per-row timesteps ``[B]`` (Flow-DPO's β(1-σ)²
+            schedule takes them as ``sigmas``); ``None`` for losses that do not look at timesteps.
     """
 
     loss_fn: Callable[..., LossOutput]
@@ -42,6 +44,7 @@ class StepInputs:
     weight_fn: Callable[[Tensor], Tensor] | None = None
     label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     segments: int | None = None
+    timesteps_arg: str | None = None
 
 
 def row_seeds(indices: Tensor, epoch: int, seed: int) -> list[int]:
@@ -117,29 +120,32 @@ def preference_step(
     ref_pred = reference.predict(noisy, flat_t, cond)
     ref_err = None if ref_pred is None else per_sample_error(ref_pred, target, segments=method.segments).unflatten(0, (b, k))
     weights = None if method.weight_fn is None else method.weight_fn(t)
-    out = call_loss(method, err, ref_err, batch, weights)
+    extra = {} if method.timesteps_arg is None else {method.timesteps_arg: t}
+    out = call_loss(method, err, ref_err, batch, weights, extra)
     out.metrics["timesteps/mean"] = t.detach().float().mean()
     return out
 
 
-def call_loss(method: StepInputs, err: Tensor, ref_err: Tensor | None, batch: PreferenceBatch, weights) -> LossOutput:
+def call_loss(
+    method: StepInputs, err: Tensor, ref_err: Tensor | None, batch: PreferenceBatch, weights, extra: dict
+) -> LossOutput:
     """Hand the ``[B, K(, S)]`` errors to the loss in the layout its ``inputs`` kind declares."""
     if method.inputs == "unpaired":
         k = err.shape[1]
         w = None if weights is None else weights.repeat_interleave(k)
         ref_flat = None if ref_err is None else ref_err.flatten()
-        return method.loss_fn(err.flatten(), ref_flat, _on(batch.desirable, err).flatten(), weights=w)
+        return method.loss_fn(err.flatten(), ref_flat, _on(batch.desirable, err).flatten(), weights=w, **extra)
     if method.inputs == "ranked":
-        return method.loss_fn(err, ref_err, _on(batch.scores, err), weights=weights)
+        return method.loss_fn(err, ref_err, _on(batch.scores, err), weights=weights, **extra)
     ref = (None, None) if ref_err is None else (ref_err[:, 0], ref_err[:, 1])
     if method.inputs == "pairwise":
         label = batch.label
         if method.label_fn is not None:
             label = method.label_fn(batch.scores[:, 0], batch.scores[:, 1])
-        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], label=_on(label, err), weights=weights)
+        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], label=_on(label, err), weights=weights, **extra)
     if method.inputs == "segments":
         seg = _on(batch.segment_label, err)
-        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], segment_label=seg, weights=weights)
+        return method.loss_fn(err[:, 0], err[:, 1], ref[0], ref[1], segment_label=seg, weights=weights, **extra)
     raise ValueError(f"method.inputs '{method.inputs}': expected pairwise, segments, ranked or unpaired")
 
 

@@ -1,0 +1,134 @@
+"""Training throughput and peak memory of DPO-LoRA, DPO-full and MaPO, with and without the latent cache.
+
+Each configuration runs in its own process (so peak memory is its own) through the training loop's own building
+blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, method, loader, optimizer. Timing is
+the median of synchronized steady-state steps (forward, reference, backward, optimizer step), after warm-up.
+
+    python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
+    python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODES = {  # name -> hydra overrides
+    "dpo_lora": ["method=dpo", "reference=lora_disabled", "model.finetune.mode=lora"],
+    "dpo_full": ["method=dpo", "reference=frozen_copy", "model.finetune.mode=full", "trainer.optimizer.lr=1e-5"],
+    "mapo_lora": ["method=mapo", "model.finetune.mode=lora"],
+}
+
+
+def compose(model: str, mode: str, cache: bool, batch_size: int, data_dir: str, out_dir: str, extra: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from diffusion_align.config import register_resolvers
+
+    register_resolvers()
+    overrides = [
+        f"model={model}", *MODES[mode], f"data.dataset.paths={data_dir}", f"data.loader.batch_size={batch_size}",
+        f"data.cache.enabled={cache}", f"output_dir={out_dir}", "trainer.report_to=[]", *extra,
+    ]
+    with initialize_config_module("diffusion_align.conf", version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def measure(args) -> dict:
+    """One configuration in this process: returns ms/step samples and peak memory."""
+    import torch
+    from accelerate import Accelerator
+
+    from diffusion_align.config import build
+    from diffusion_align.testing.data import write_tiny_pairwise_parquet
+    from diffusion_align.train.data import make_loader
+    from diffusion_align.train.loop import (
+        WEIGHT_DTYPES,
+        make_method,
+        make_reference,
+        make_trainable,
+        place_modules,
+    )
+    from diffusion_align.train.step import preference_step
+
+    tmp = tempfile.mkdtemp()
+    write_tiny_pairwise_parquet(tmp + "/data", n_rows=max(64, args.batch_size * 4), resolution=args.resolution, ties=0)
+    cfg = compose(args.models[0], args.modes[0], args.cache == "on", args.batch_size, tmp + "/data", tmp + "/out",
+                  [f"model.resolution={args.resolution}", f"trainer.mixed_precision={args.precision}"])
+    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
+    adapter = build(cfg.model.adapter)
+    reference = make_reference(cfg, adapter)
+    params = make_trainable(cfg, adapter)
+    place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[cfg.trainer.mixed_precision])
+    method = make_method(cfg, adapter)
+    loader = make_loader(cfg, adapter)
+    optimizer = build(cfg.trainer.optimizer)(params)
+    policy, optimizer, loader = accelerator.prepare(adapter.denoiser, optimizer, loader)
+    cuda = accelerator.device.type == "cuda"
+    times, step, epoch = [], 0, 0
+    while step < args.warmup + args.steps:
+        loader.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with accelerator.autocast():
+                out = preference_step(adapter, reference, method, batch, epoch=epoch, seed=0, policy=policy)
+            accelerator.backward(out.loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= args.warmup:
+                times.append((time.perf_counter() - start) * 1000)
+            step += 1
+            if step >= args.warmup + args.steps:
+                break
+        epoch += 1
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"ms_per_step": statistics.median(times), "peak_gib": peak, "device": accelerator.device.type}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny_sd15", "tiny_sdxl"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--cache", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(measure(args)))
+        return
+    caches = ["off", "on"] if args.cache == "both" else [args.cache]
+    print(f"{'model':<12} {'mode':<10} {'cache':<5} {'ms/step':>9} {'pairs/s':>9} {'peak GiB':>9} device")
+    for model in args.models:
+        for mode in args.modes:
+            for cache in caches:
+                cmd = [sys.executable, __file__, "--single", "--models", model, "--modes", mode, "--cache", cache,
+                       "--batch-size", str(args.batch_size), "--resolution", str(args.resolution),
+                       "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                if done.returncode != 0:
+                    raise SystemExit(f"{model} {mode} cache={cache} failed:\n{done.stderr[-3000:]}")
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                pairs = args.batch_size / (r["ms_per_step"] / 1000)
+                print(f"{model:<12} {mode:<10} {cache:<5} {r['ms_per_step']:>9.1f} {pairs:>9.2f} "
+                      f"{r['peak_gib']:>9.3f} {r['device']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
