@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import DiffusionAdapter, adapters_disabled
+from diffusion_align.adapters.base import DiffusionAdapter, adapters_disabled, cast_frozen
 
 
 class _Stateless:
@@ -74,7 +74,7 @@ class FrozenReference(_Stateless):
         self.adapter = adapter
         self.model = copy.deepcopy(adapter.denoiser).requires_grad_(False).eval()
         if dtype is not None:
-            self.model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            cast_frozen(self.model, getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         self.offload = offload
         if offload:
             self.model.to("cpu")
@@ -88,7 +88,7 @@ class FrozenReference(_Stateless):
     def predict(self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor]) -> Tensor:
         if self.offload:
             self.model.to(noisy.device)
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.model.dtype
         cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
         pred = self.adapter.predict(noisy.to(dtype), timesteps, cond, denoiser=self.model)
         if self.offload:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 TimestepKind = Literal["discrete", "flow"]
@@ -71,3 +72,19 @@ def adapters_disabled(denoiser: nn.Module) -> Iterator[None]:
     finally:
         denoiser.enable_adapters()
 
+
+
+def cast_frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast a frozen module's weights to ``dtype``, except those its class keeps in float32.
+
+    diffusers and transformers models list such submodules in ``_keep_in_fp32_modules`` (Wan's rotary embedding,
+    time embedder and norms, for instance); their ``from_pretrained(torch_dtype=...)`` honours it, a plain ``.to``
+    does not. Trainable parameters (``requires_grad``) are left untouched.
+    """
+    keep = module._keep_in_fp32_modules or []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            continue
+        fp32 = any(part in name.split(".") for part in keep)
+        param.data = param.data.to(torch.float32 if fp32 else dtype)
+    return module

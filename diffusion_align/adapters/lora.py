@@ -1,7 +1,8 @@
 """LoRA through peft, saved in the stock diffusers format.
 
 Adapters are injected with diffusers' ``add_adapter`` (no peft wrapper module, so state-dict keys carry no wrapper
-prefix), and saved with the pipeline's own ``save_lora_weights`` as ``pytorch_lora_weights.safetensors``: the file
+prefix), and saved with the pipeline's own ``save_lora_weights`` as ``pytorch_lora_weights.safetensors`` (peft keys
+under the ``unet.`` / ``transformer.`` prefix, the LoraConfig as metadata): the file
 ``pipe.load_lora_weights(dir)`` reads. A wrapper prefix would make that load a silent no-op (flow_grpo#87); the tests
 load the file into a fresh pipeline and check the output changes.
 """
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -49,12 +49,20 @@ def add_lora(
 
 
 def lora_state_dict(denoiser: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of ``denoiser`` with diffusers' key names."""
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    """The LoRA weights of ``denoiser`` in peft's key format (``lora_A`` / ``lora_B``).
+
+    Every diffusers LoRA loader reads this format. The older UNet-only "diffusers" format (``lora.down`` /
+    ``lora.up``, from ``convert_state_dict_to_diffusers``) is read by the SD/SDXL loaders only: SD3's loader silently
+    drops its attention keys, so it is not used here.
+    """
+    return get_peft_model_state_dict(denoiser)
 
 
 def save_lora(pipeline, denoiser: nn.Module, layers_kwarg: str | None, directory: str | Path) -> Path:
     """Write ``directory/pytorch_lora_weights.safetensors``.
+
+    The peft ``LoraConfig`` (rank, alpha, targets) is stored as the file's adapter metadata, so a loader that reads
+    it restores ``lora_alpha`` instead of assuming alpha = rank.
 
     Args:
         pipeline: the diffusers pipeline the LoRA belongs to (its class provides ``save_lora_weights``).
@@ -68,5 +76,9 @@ def save_lora(pipeline, denoiser: nn.Module, layers_kwarg: str | None, directory
     if layers_kwarg is None:
         denoiser.save_lora_adapter(str(directory), weight_name=LORA_WEIGHT_NAME)
     else:
-        type(pipeline).save_lora_weights(str(directory), **{layers_kwarg: lora_state_dict(denoiser)})
+        metadata_kwarg = layers_kwarg.replace("_lora_layers", "_lora_adapter_metadata")
+        type(pipeline).save_lora_weights(
+            str(directory),
+            **{layers_kwarg: lora_state_dict(denoiser), metadata_kwarg: denoiser.peft_config["default"].to_dict()},
+        )
     return directory / LORA_WEIGHT_NAME

@@ -16,6 +16,7 @@ from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from diffusion_align.adapters.base import cast_frozen
 from diffusion_align.adapters.lora import add_lora, save_lora
 from diffusion_align.config import ConfigError, build
 from diffusion_align.reference import NoReference
@@ -108,14 +109,8 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
     ``cast_training_params``); a full fine-tune keeps float32 master weights under autocast.
     """
     for module in adapter.frozen_modules.values():
-        module.requires_grad_(False).to(accelerator.device)
-        if weight_dtype != torch.float32:
-            module.to(dtype=weight_dtype)
-    denoiser = adapter.denoiser
-    denoiser.to(accelerator.device)
-    for param in denoiser.parameters():
-        if not param.requires_grad:
-            param.data = param.data.to(weight_dtype)
+        cast_frozen(module.requires_grad_(False).to(accelerator.device), weight_dtype)
+    cast_frozen(adapter.denoiser.to(accelerator.device), weight_dtype)
     reference.to(accelerator.device)
 
 
@@ -135,7 +130,6 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
         if timesteps.weight is None
         else build(timesteps.weight, schedule=adapter.schedule, noise_scheduler=adapter.noise_scheduler),
         label_fn=None if method.get("label_fn") is None else build(method.label_fn),
-        segments=method.get("segments"),
         timesteps_arg=method.get("timesteps_arg"),
     )
 
@@ -204,7 +198,7 @@ def save_final(cfg: DictConfig, adapter, out_dir: Path, state: LoopState) -> Non
         save_lora(adapter.pipeline, denoiser, adapter.lora_layers_kwarg, out_dir)
     else:
         adapter.pipeline.save_pretrained(out_dir / "pipeline")
-    card = write_model_card(out_dir, cfg, state)
+    card = write_model_card(out_dir, cfg, state, adapter)
     log.info("trained %d steps; weights and model card in %s", state.step, card.parent)
 
 

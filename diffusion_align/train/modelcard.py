@@ -15,6 +15,15 @@ pipe = DiffusionPipeline.from_pretrained("{base}")
 pipe.load_lora_weights("{out}")
 ```"""
 
+_LOAD_MODEL_LORA = """```python
+from diffusers import DiffusionPipeline
+from {module} import {cls}
+
+transformer = {cls}.from_pretrained("{base}", subfolder="transformer")
+transformer.load_lora_adapter("{out}", weight_name="pytorch_lora_weights.safetensors", prefix=None)
+pipe = DiffusionPipeline.from_pretrained("{base}", transformer=transformer)
+```"""
+
 _LOAD_FULL = """```python
 from diffusers import DiffusionPipeline
 
@@ -22,12 +31,24 @@ pipe = DiffusionPipeline.from_pretrained("{out}/pipeline")
 ```"""
 
 
-def write_model_card(out_dir: Path, cfg: DictConfig, state: LoopState) -> Path:
+def loading_snippet(adapter, cfg: DictConfig, out_dir: Path) -> str:
+    """How to load the result: the pipeline's ``load_lora_weights``, the transformer's ``load_lora_adapter`` for
+    pipelines without a LoRA loader (PixArt), or the saved pipeline of a full fine-tune."""
+    base = cfg.model.adapter.path
+    if cfg.model.finetune.mode != "lora":
+        return _LOAD_FULL.format(out=out_dir)
+    if adapter.lora_layers_kwarg is None:
+        cls = type(adapter.denoiser)
+        return _LOAD_MODEL_LORA.format(module=cls.__module__, cls=cls.__name__, base=base, out=out_dir)
+    return _LOAD_LORA.format(base=base, out=out_dir)
+
+
+def write_model_card(out_dir: Path, cfg: DictConfig, state: LoopState, adapter) -> Path:
     """Write ``out_dir/README.md`` with the base model, method, loss constants, steps and a loading snippet."""
     model, method = cfg.model, cfg.method
     lora = model.finetune.mode == "lora"
     loss_params = {k: v for k, v in OmegaConf.to_container(method.loss, resolve=True).items() if not k.startswith("_")}
-    snippet = (_LOAD_LORA if lora else _LOAD_FULL).format(base=model.adapter.path, out=out_dir)
+    snippet = loading_snippet(adapter, cfg, out_dir)
     tags = ["diffusers", "diffusion-align", method.name, "lora" if lora else "full-finetune"]
     text = "\n".join(
         [

@@ -33,7 +33,6 @@ class StepInputs:
         sample_timesteps: ``(n, generator=, device=) -> [n]`` timesteps: ints for discrete schedules, σ for flow.
         weight_fn: optional per-timestep loss weight ``[B] -> [B]`` (timestep-aware training).
         label_fn: optional ``(scores_0, scores_1) -> [B]`` pairwise label from candidate scores (SmPO).
-        segments: number of temporal segments for ``segments`` losses (DenseDPO).
         timesteps_arg: keyword under which the loss receives the per-row timesteps ``[B]`` (Flow-DPO's β(1-σ)²
             schedule takes them as ``sigmas``); ``None`` for losses that do not look at timesteps.
     """
@@ -43,7 +42,6 @@ class StepInputs:
     inputs: str = "pairwise"
     weight_fn: Callable[[Tensor], Tensor] | None = None
     label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
-    segments: int | None = None
     timesteps_arg: str | None = None
 
 
@@ -116,9 +114,11 @@ def preference_step(
     target = adapter.target(flat_latents, flat_noise, flat_t)
     cond = conditioning(adapter, batch, k)
     pred = adapter.predict(noisy, flat_t, cond, denoiser=policy)
-    err = per_sample_error(pred, target, segments=method.segments).unflatten(0, (b, k))
+    # segment losses (DenseDPO): the latent frames split into as many segments as the data labels
+    segments = batch.segment_label.shape[1] if method.inputs == "segments" else None
+    err = per_sample_error(pred, target, segments=segments).unflatten(0, (b, k))
     ref_pred = reference.predict(noisy, flat_t, cond)
-    ref_err = None if ref_pred is None else per_sample_error(ref_pred, target, segments=method.segments).unflatten(0, (b, k))
+    ref_err = None if ref_pred is None else per_sample_error(ref_pred, target, segments=segments).unflatten(0, (b, k))
     weights = None if method.weight_fn is None else method.weight_fn(t)
     extra = {} if method.timesteps_arg is None else {method.timesteps_arg: t}
     out = call_loss(method, err, ref_err, batch, weights, extra)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -42,8 +41,9 @@ def random_call(method, loss_fn):
             label = build(method.label_fn)(0.2 + 0.05 * torch.rand(B, generator=g), torch.full((B,), 0.2))
         return loss_fn(near(ref[0]), near(ref[1]), *refs, label=label, weights=torch.ones(B))
     if method.inputs == "segments":
-        ref = 0.05 + 0.2 * torch.rand(2, B, method.segments, generator=g)
-        seg = torch.tensor([1.0, 0.0, 0.5]).repeat(B, math.ceil(method.segments / 3))[:, : method.segments]
+        segments = 3  # S comes from the data's segment labels
+        ref = 0.05 + 0.2 * torch.rand(2, B, segments, generator=g)
+        seg = torch.tensor([1.0, 0.0, 0.5]).repeat(B, 1)
         return loss_fn(near(ref[0]), near(ref[1]), ref[0], ref[1], segment_label=seg, weights=torch.ones(B))
     if method.inputs == "ranked":
         ref = 0.05 + 0.2 * torch.rand(B, K, generator=g)

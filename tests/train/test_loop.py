@@ -18,7 +18,7 @@ def test_dpo_lora_run_writes_diffusers_lora_and_model_card(run_train, tiny_pairs
     out = run_train(tmp_path / "run", f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3")
     weights = lora_weights(out)
     assert weights and all(k.startswith("unet.") for k in weights)
-    assert any(".lora.down." in k for k in weights) and any(".lora.up." in k for k in weights)  # diffusers key format
+    assert any(".lora_A." in k for k in weights) and any(".lora_B." in k for k in weights)  # peft key format
     card = (out / "README.md").read_text()
     assert "diffusion_align.losses.diffusion_dpo_loss" in card and "pipe.load_lora_weights" in card
     assert "3 optimizer steps" in card

@@ -30,7 +30,7 @@ PAIRWISE = {
 
 def assert_trained(out):
     weights = load_file(out / "pytorch_lora_weights.safetensors")
-    ups = [v for k, v in weights.items() if ".lora.up." in k]
+    ups = [v for k, v in weights.items() if ".lora_B." in k]
     assert ups and any(v.abs().max() > 0 for v in ups), "LoRA up-weights still zero: no update reached the model"
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert "Non-finite steps skipped: 0" in (out / "README.md").read_text()

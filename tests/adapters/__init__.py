@@ -1,0 +1,1 @@
+"""Model-adapter tests: one file per adapter module, each class inheriting ``contract.AdapterContract``."""
