@@ -7,12 +7,14 @@ LoRA or full fine-tuning, data loading, accumulation, clipping, logging, checkpo
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -25,10 +27,31 @@ from diffusion_align.train.data import make_loader
 from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.step import StepInputs, preference_step
+from diffusion_align.train.validation import run_validation
 
 log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built by :func:`run` and read by :func:`train`."""
+
+    cfg: DictConfig
+    accelerator: Accelerator
+    adapter: object
+    reference: object
+    method: StepInputs
+    params: list[torch.nn.Parameter]
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    dataset: object
+    ema: EMAModel | None
+    out_dir: Path
+    state: LoopState = field(default_factory=LoopState)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -48,6 +71,8 @@ def run(cfg: DictConfig) -> Path:
     place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[trainer.mixed_precision])
     if trainer.gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
+    if trainer.compile:
+        adapter.denoiser.compile()
     method = make_method(cfg, adapter)
     with accelerator.main_process_first():  # the latent cache is built once, by the main process
         loader = make_loader(cfg, adapter)
@@ -60,20 +85,48 @@ def run(cfg: DictConfig) -> Path:
         num_training_steps=trainer.max_steps * accelerator.num_processes,
     )
     policy, optimizer, loader, scheduler = accelerator.prepare(adapter.denoiser, optimizer, loader, scheduler)
-    state = LoopState()
-    resume = resolve_checkpoint(out_dir / "checkpoints", trainer.resume_from_checkpoint)
-    if resume is not None:
-        state, extra = load_checkpoint(resume, adapter.denoiser, optimizer, scheduler)
-        reference.load_state_tensors(extra)
-        log.info("resumed from %s at step %d", resume, state.step)
+    ema = EMAModel(params, decay=trainer.ema.decay) if trainer.ema.enabled else None
+    r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, dataset, ema,
+            out_dir)
+    resume(r)
     if trainer.report_to:
         accelerator.init_trackers(trainer.project_name, config=flat_config(cfg))
-    train(cfg, accelerator, adapter, reference, method, policy, optimizer, scheduler, loader, dataset, state, out_dir)
+    train(r)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_final(cfg, adapter, out_dir, state)
+        save_final(r)
     accelerator.end_training()
     return out_dir
+
+
+def resume(r: Run) -> None:
+    """Continue from ``trainer.resume_from_checkpoint`` (``latest``: the newest complete one, if any)."""
+    path = resolve_checkpoint(r.out_dir / "checkpoints", r.cfg.trainer.resume_from_checkpoint)
+    if path is None:
+        return
+    r.state, extra = load_checkpoint(path, r.adapter.denoiser, r.optimizer, r.scheduler)
+    r.reference.load_state_tensors({k: v for k, v in extra.items() if k.startswith("reference.")})
+    if r.ema is not None:
+        load_ema_tensors(r.ema, {k: v for k, v in extra.items() if k.startswith("ema.")}, path)
+    log.info("resumed from %s at step %d", path, r.state.step)
+
+
+def ema_tensors(ema: EMAModel | None) -> dict[str, torch.Tensor]:
+    if ema is None:
+        return {}
+    state = {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
+    state["ema.optimization_step"] = torch.tensor(ema.optimization_step)
+    return state
+
+
+def load_ema_tensors(ema: EMAModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    if len(tensors) != len(ema.shadow_params) + 1:
+        raise ValueError(f"checkpoint {path} has {max(len(tensors) - 1, 0)} EMA tensors, the run trains "
+                         f"{len(ema.shadow_params)}: was it saved with trainer.ema.enabled=true and the same model?")
+    with torch.no_grad():
+        for i, shadow in enumerate(ema.shadow_params):
+            shadow.copy_(tensors[f"ema.{i}"])
+    ema.optimization_step = int(tensors["ema.optimization_step"])
 
 
 def make_reference(cfg: DictConfig, adapter):
@@ -134,44 +187,27 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
     )
 
 
-def train(cfg, accelerator, adapter, reference, method, policy, optimizer, scheduler, loader, dataset, state, out_dir):
-    """Optimizer steps until ``trainer.max_steps``; logs, checkpoints and stops cleanly on a non-finite loss."""
-    trainer = cfg.trainer
+def train(r: Run) -> None:
+    """Optimizer steps until ``trainer.max_steps``; logs, validates, checkpoints, handles non-finite losses."""
+    trainer, accelerator, state = r.cfg.trainer, r.accelerator, r.state
     averager = MetricAverager()
     progress = tqdm(total=trainer.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     while state.step < trainer.max_steps:
-        loader.set_epoch(state.epoch)  # the sampler's order
-        dataset.set_epoch(state.epoch)  # augmentation and prompt dropout
-        batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        r.loader.set_epoch(state.epoch)  # the sampler's order
+        r.dataset.set_epoch(state.epoch)  # augmentation and prompt dropout
+        batches = accelerator.skip_first_batches(r.loader, state.batch_in_epoch) if state.batch_in_epoch else r.loader
         for batch in batches:
             state.batch_in_epoch += 1
-            with accelerator.accumulate(policy):
-                with accelerator.autocast():
-                    out = preference_step(adapter, reference, method, batch, epoch=state.epoch, seed=cfg.seed, policy=policy)
-                finite = bool(torch.isfinite(out.loss)) if trainer.check_finite else True
-                if finite:
-                    accelerator.backward(out.loss)
-                    if accelerator.sync_gradients and trainer.max_grad_norm:
-                        accelerator.clip_grad_norm_(policy.parameters(), trainer.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not finite:
-                handle_nonfinite(trainer, state, out)
+            out = optimization_step(r, batch)
             averager.add(out.metrics, loss=out.loss)
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             progress.update(1)
-            reference.update(adapter.denoiser)
-            if state.step % trainer.log_every == 0 or state.step == trainer.max_steps:
-                logs = averager.pop(prefix="train/")
-                logs["train/lr"] = scheduler.get_last_lr()[0]
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", acc=f"{logs.get('train/rewards/accuracies', 0):.2f}")
-                accelerator.log(logs, step=state.step)
-            if trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0 and accelerator.is_main_process:
-                save_checkpoint(out_dir / "checkpoints", state, adapter.denoiser, optimizer, scheduler,
-                                extra=reference.state_tensors(), keep_last=trainer.checkpoints_keep)
+            r.reference.update(r.adapter.denoiser)
+            if r.ema is not None:
+                r.ema.step(r.params)
+            after_step(r, averager, progress)
             if state.step >= trainer.max_steps:
                 break
         else:
@@ -180,26 +216,72 @@ def train(cfg, accelerator, adapter, reference, method, policy, optimizer, sched
     progress.close()
 
 
+def optimization_step(r: Run, batch):
+    """Forward (the step's science), backward, clip and update; a non-finite loss updates nothing."""
+    trainer, accelerator = r.cfg.trainer, r.accelerator
+    with accelerator.accumulate(r.policy):
+        with accelerator.autocast():
+            out = preference_step(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
+                                  policy=r.policy)
+        finite = bool(torch.isfinite(out.loss)) if trainer.check_finite else True
+        if finite:
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and trainer.max_grad_norm:
+                accelerator.clip_grad_norm_(r.policy.parameters(), trainer.max_grad_norm)
+            r.optimizer.step()
+            r.scheduler.step()
+        r.optimizer.zero_grad(set_to_none=True)
+    if not finite:
+        handle_nonfinite(trainer, r.state, out)
+    return out
+
+
+def after_step(r: Run, averager: MetricAverager, progress) -> None:
+    """Logging, validation samples and checkpoints at their intervals."""
+    trainer, accelerator, step = r.cfg.trainer, r.accelerator, r.state.step
+    if step % trainer.log_every == 0 or step == trainer.max_steps:
+        logs = averager.pop(prefix="train/")
+        logs["train/lr"] = r.scheduler.get_last_lr()[0]
+        progress.set_postfix(loss=f"{logs['train/loss']:.4f}", acc=f"{logs.get('train/rewards/accuracies', 0):.2f}")
+        accelerator.log(logs, step=step)
+    validation = trainer.validation
+    if validation.every and validation.prompts and step % validation.every == 0 and accelerator.is_main_process:
+        run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step)
+    if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and accelerator.is_main_process:
+        extra = {**r.reference.state_tensors(), **ema_tensors(r.ema)}
+        save_checkpoint(r.out_dir / "checkpoints", r.state, r.adapter.denoiser, r.optimizer, r.scheduler,
+                        extra=extra, keep_last=trainer.checkpoints_keep)
+
+
 def handle_nonfinite(trainer, state: LoopState, out) -> None:
     """A non-finite loss: skip the step (counted) or stop, as ``trainer.on_nonfinite`` says."""
     state.skipped_nonfinite += 1
     detail = {k: float(v) for k, v in out.metrics.items()}
     if trainer.on_nonfinite == "stop":
         raise FloatingPointError(
-            f"non-finite loss {float(out.loss)} at step {state.step + 1} (metrics {detail}); the last checkpoint is intact"
+            f"non-finite loss {float(out.loss.detach())} at step {state.step + 1} (metrics {detail}); the last checkpoint is intact"
         )
     log.warning("non-finite loss at step %d skipped (%d so far): %s", state.step + 1, state.skipped_nonfinite, detail)
 
 
-def save_final(cfg: DictConfig, adapter, out_dir: Path, state: LoopState) -> None:
-    """LoRA weights in the diffusers format, or the whole pipeline for a full fine-tune; plus a model card."""
-    denoiser = adapter.denoiser
+def save_final(r: Run) -> None:
+    """LoRA weights (diffusers' loader format) or the whole pipeline, a model card, and final validation grids.
+
+    With ``trainer.ema.enabled`` the EMA weights are copied into the model first: they are what is saved.
+    """
+    cfg, adapter, out_dir = r.cfg, r.adapter, r.out_dir
+    if r.ema is not None:
+        r.ema.copy_to(r.params)
     if cfg.model.finetune.mode == "lora":
-        save_lora(adapter.pipeline, denoiser, adapter.lora_layers_kwarg, out_dir)
+        save_lora(adapter.pipeline, adapter.denoiser, adapter.lora_layers_kwarg, out_dir)
     else:
         adapter.pipeline.save_pretrained(out_dir / "pipeline")
-    card = write_model_card(out_dir, cfg, state, adapter)
-    log.info("trained %d steps; weights and model card in %s", state.step, card.parent)
+    card = write_model_card(out_dir, cfg, r.state, adapter)
+    if cfg.trainer.validation.prompts:
+        run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step)
+        if cfg.model.finetune.mode == "lora":
+            run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step, base=True)
+    log.info("trained %d steps; weights and model card in %s", r.state.step, card.parent)
 
 
 def flat_config(cfg: DictConfig) -> dict:
