@@ -88,3 +88,29 @@ def cast_frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
         fp32 = any(part in name.split(".") for part in keep)
         param.data = param.data.to(torch.float32 if fp32 else dtype)
     return module
+
+
+def check_sigmas(owner: str, timesteps: Tensor) -> None:
+    """Flow timesteps are float σ; an int tensor means a discrete sampler was paired with a flow model."""
+    if not timesteps.is_floating_point():
+        raise ValueError(
+            f"{owner}: timesteps must be float noise levels σ in [0, 1] (schedule kind 'flow'), got {timesteps.dtype}"
+        )
+
+
+def flow_noisy(latents: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
+    """Rectified-flow forward process ``x_σ = (1-σ)·x0 + σ·ε``, σ per sample ``[N]``."""
+    sigma = sigmas.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
+    return (1.0 - sigma) * latents + sigma * noise
+
+
+def flow_velocity(latents: Tensor, noise: Tensor) -> Tensor:
+    """The rectified-flow target ``ε - x0``."""
+    return noise - latents
+
+
+@torch.no_grad()
+def image_posterior(vae: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """``pixels [N, 3, H, W]`` in [-1, 1] -> the unscaled VAE posterior ``(mean, std)``."""
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean, dist.std

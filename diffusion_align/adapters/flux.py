@@ -19,16 +19,13 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import NoiseSchedule
-
-
-def _check_sigmas(owner: str, timesteps: Tensor) -> None:
-    """Flow timesteps are float σ; an int tensor means a discrete sampler was paired with a flow model."""
-    if not timesteps.is_floating_point():
-        raise ValueError(
-            f"{owner}: timesteps must be float noise levels σ in [0, 1] (schedule kind 'flow'), "
-            f"got {timesteps.dtype}"
-        )
+from diffusion_align.adapters.base import (
+    NoiseSchedule,
+    check_sigmas,
+    flow_noisy,
+    flow_velocity,
+    image_posterior,
+)
 
 
 class FluxAdapter:
@@ -116,9 +113,7 @@ class FluxAdapter:
     @torch.no_grad()
     def vae_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """``pixels [N, 3, H, W]`` in [-1, 1] -> unscaled ``(mean, std)``, each ``[N, 16, H/8, W/8]``."""
-        vae = self.pipeline.vae
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        return dist.mean, dist.std
+        return image_posterior(self.pipeline.vae, pixels)
 
     def scale_latents(self, sample: Tensor) -> Tensor:
         config = self.pipeline.vae.config
@@ -126,19 +121,18 @@ class FluxAdapter:
 
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
-        _check_sigmas("FluxAdapter.add_noise", timesteps)
-        sigma = timesteps.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
-        return (1.0 - sigma) * latents + sigma * noise
+        check_sigmas("FluxAdapter.add_noise", timesteps)
+        return flow_noisy(latents, noise, timesteps)
 
     def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The flow velocity ``ε - x0``."""
-        return noise - latents
+        return flow_velocity(latents, noise)
 
     def predict(
         self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None
     ) -> Tensor:
         """Velocity prediction ``[N, 16, h, w]``: pack, run the transformer on σ (and guidance), unpack."""
-        _check_sigmas("FluxAdapter.predict", timesteps)
+        check_sigmas("FluxAdapter.predict", timesteps)
         transformer = self.denoiser if denoiser is None else denoiser
         n, c, h, w = noisy.shape
         if h % 2 or w % 2:

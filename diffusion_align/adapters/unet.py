@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import NoiseSchedule
+from diffusion_align.adapters.base import NoiseSchedule, image_posterior
 
 
 class SDAdapter:
@@ -63,9 +63,7 @@ class SDAdapter:
 
     @torch.no_grad()
     def vae_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        vae = self.pipeline.vae
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        return dist.mean, dist.std
+        return image_posterior(self.pipeline.vae, pixels)
 
     def scale_latents(self, sample: Tensor) -> Tensor:
         return sample * self.pipeline.vae.config.scaling_factor

@@ -22,16 +22,7 @@ import torch
 from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, FlowMatchEulerDiscreteScheduler, WanPipeline
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import NoiseSchedule
-
-
-def _check_sigmas(owner: str, timesteps: Tensor) -> None:
-    """Flow timesteps are float σ; an int tensor means a discrete sampler was paired with a flow model."""
-    if not timesteps.is_floating_point():
-        raise ValueError(
-            f"{owner}: timesteps must be float noise levels σ in [0, 1] (schedule kind 'flow'), "
-            f"got {timesteps.dtype}"
-        )
+from diffusion_align.adapters.base import NoiseSchedule, check_sigmas, flow_noisy, flow_velocity
 
 
 def _video_posterior(vae: nn.Module, pixels: Tensor, owner: str) -> tuple[Tensor, Tensor]:
@@ -118,19 +109,18 @@ class WanAdapter:
 
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
-        _check_sigmas("WanAdapter.add_noise", timesteps)
-        sigma = timesteps.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
-        return (1.0 - sigma) * latents + sigma * noise
+        check_sigmas("WanAdapter.add_noise", timesteps)
+        return flow_noisy(latents, noise, timesteps)
 
     def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The flow velocity ``ε - x0``."""
-        return noise - latents
+        return flow_velocity(latents, noise)
 
     def predict(
         self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None
     ) -> Tensor:
         """Velocity prediction ``[N, 16, f, h, w]``; the transformer reads ``σ·1000`` as its timestep."""
-        _check_sigmas("WanAdapter.predict", timesteps)
+        check_sigmas("WanAdapter.predict", timesteps)
         transformer = self.denoiser if denoiser is None else denoiser
         return transformer(
             hidden_states=noisy,
