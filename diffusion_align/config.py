@@ -28,6 +28,7 @@ ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
     "diffusers.",
     "transformers.",
     "peft.",
+    "bitsandbytes.optim.",
 )
 
 

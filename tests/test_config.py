@@ -50,4 +50,5 @@ def test_allow_list_is_the_documented_one():
         "diffusers.",
         "transformers.",
         "peft.",
+        "bitsandbytes.optim.",
     )

@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> Path:
         project_dir=str(out_dir),
     )
     set_seed(cfg.seed)
+    make_optimizer = build(trainer.optimizer)  # first: a missing optimizer package fails before any model loads
     adapter = build(cfg.model.adapter)
     reference = make_reference(cfg, adapter)  # before LoRA: a frozen copy must be of the base network
     params = make_trainable(cfg, adapter)
@@ -77,7 +78,7 @@ def run(cfg: DictConfig) -> Path:
     with accelerator.main_process_first():  # the latent cache is built once, by the main process
         loader = make_loader(cfg, adapter)
     dataset = loader.dataset
-    optimizer = build(trainer.optimizer)(params)
+    optimizer = make_optimizer(params)
     scheduler = get_scheduler(
         trainer.lr_scheduler.name,
         optimizer,
