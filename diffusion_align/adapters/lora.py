@@ -5,19 +5,35 @@ prefix), and saved with the pipeline's own ``save_lora_weights`` as ``pytorch_lo
 under the ``unet.`` / ``transformer.`` prefix, the LoraConfig as metadata): the file
 ``pipe.load_lora_weights(dir)`` reads. A wrapper prefix would make that load a silent no-op (flow_grpo#87); the tests
 load the file into a fresh pipeline and check the output changes.
+
+The file is written beside its place and renamed into it (a kill never leaves a truncated one), and
+:func:`check_lora_file` tells, before any loader runs, whether a file fits a network: a LoRA of another
+architecture is refused naming the file and the keys that do not fit, instead of failing deep in peft or loading
+as a silent no-op.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+ADAPTABLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA file does not fit the network it is meant for (another architecture, or not a LoRA file)."""
 
 
 def add_lora(
@@ -73,12 +89,75 @@ def save_lora(pipeline, denoiser: nn.Module, layers_kwarg: str | None, directory
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob(".lora.*"):  # of a killed save
+        shutil.rmtree(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=directory))
     if layers_kwarg is None:
-        denoiser.save_lora_adapter(str(directory), weight_name=LORA_WEIGHT_NAME)
+        denoiser.save_lora_adapter(str(tmp), weight_name=LORA_WEIGHT_NAME)
     else:
         metadata_kwarg = layers_kwarg.replace("_lora_layers", "_lora_adapter_metadata")
         type(pipeline).save_lora_weights(
-            str(directory),
+            str(tmp),
             **{layers_kwarg: lora_state_dict(denoiser), metadata_kwarg: denoiser.peft_config["default"].to_dict()},
         )
+    for written in tmp.iterdir():
+        os.replace(written, directory / written.name)
+    tmp.rmdir()
     return directory / LORA_WEIGHT_NAME
+
+
+def check_lora_file(file: str | Path, denoiser: nn.Module, prefix: str | None = None) -> int:
+    """Check, from the file's header alone, that every tensor of a LoRA file fits a layer of ``denoiser``.
+
+    A key ``<prefix>.<layer path>.lora_A.weight`` of shape ``[rank, in, ...]`` (``lora_B``: ``[out, rank, ...]``)
+    must name a linear or convolution layer of ``denoiser`` whose weight is ``[out, in, ...]``.
+
+    Args:
+        file: a ``.safetensors`` LoRA file (``pytorch_lora_weights.safetensors``).
+        denoiser: the network to load it into (with or without LoRA layers already).
+        prefix: ``unet`` / ``transformer`` for the pipeline-level format :func:`save_lora` writes with a
+            ``layers_kwarg``; ``None`` for the model-level format (no prefix).
+
+    Returns:
+        the number of LoRA tensors checked.
+
+    Raises:
+        LoraMismatchError: unreadable file, no tensors, or tensors that fit no layer (the first few are named, each
+            with what the layer needs).
+    """
+    file = Path(file)
+    try:
+        with safe_open(file, framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise LoraMismatchError(f"{file}: not a readable safetensors file ({exc})") from exc
+    modules = dict(denoiser.named_modules())
+    problems = [p for key, shape in sorted(shapes.items()) if (p := lora_key_problem(key, shape, modules, prefix))]
+    if not shapes or problems:
+        listed = "\n  ".join(problems[:8]) if problems else "the file holds no tensors"
+        raise LoraMismatchError(
+            f"{file} does not fit {type(denoiser).__name__}: {len(problems)} of {len(shapes)} LoRA tensors fit no "
+            f"layer (a LoRA for another architecture?):\n  {listed}"
+        )
+    return len(shapes)
+
+
+def lora_key_problem(key: str, shape: tuple[int, ...], modules: dict[str, nn.Module], prefix: str | None) -> str | None:
+    """Why the tensor ``key`` of ``shape`` fits no layer in ``modules`` (name -> module), or ``None`` if it fits."""
+    lead = f"{prefix}." if prefix else ""
+    suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
+    if not key.startswith(lead) or suffix is None:
+        return f"{key}: expected a key '{lead}<layer>.lora_A.weight' or '{lead}<layer>.lora_B.weight'"
+    path = key[len(lead) : -len(suffix)]
+    layer = modules.get(path)
+    if isinstance(layer, LoraLayer):
+        layer = layer.get_base_layer()
+    if not isinstance(layer, ADAPTABLE_LAYERS):
+        found = "no such module" if layer is None else f"a {type(layer).__name__}"
+        return f"{key}: layer '{path}' is {found}, not a linear or convolution layer"
+    out_dim, in_dim = layer.weight.shape[:2]
+    if suffix == ".lora_A.weight" and (len(shape) < 2 or shape[1] != in_dim):
+        return f"{key}: shape {list(shape)}, layer '{path}' takes {in_dim} inputs: expected [rank, {in_dim}, ...]"
+    if suffix == ".lora_B.weight" and shape[0] != out_dim:
+        return f"{key}: shape {list(shape)}, layer '{path}' gives {out_dim} outputs: expected [{out_dim}, rank, ...]"
+    return None

@@ -220,7 +220,7 @@ class PairwiseParquetDataset(PreferenceDataset):
 
     # ---- scanning: small columns only --------------------------------------------------------------------------
     def optional_columns(self) -> dict[str, str]:
-        return {"label_1": "number", **{name: "number" for name in self.score_columns}}
+        return {"label_1": "number"}
 
     def parse_row(self, file_index: int, row: int, values: dict) -> dict:
         """Validate one row's small columns; return ``prompt``, ``label_0``, ``scores`` (and subclass fields)."""
@@ -244,8 +244,9 @@ class PairwiseParquetDataset(PreferenceDataset):
         """Check one file's columns, then every row's small columns; return the valid rows' records."""
         path, schema = self.files.paths[file_index], self.files.schema(file_index)
         optional = self.optional_columns()
-        check_columns(path, schema, self.required_columns, optional)
-        names = [n for n in self.required_columns if n not in self.media_columns]
+        required = {**self.required_columns, **{name: "number" for name in self.score_columns}}
+        check_columns(path, schema, required, optional)
+        names = [n for n in required if n not in self.media_columns]
         names += [n for n in optional if n in schema.names]
         columns = self.files.read_columns(file_index, names)
         valid = []
@@ -282,9 +283,12 @@ class PairwiseParquetDataset(PreferenceDataset):
         self._swap = np.array([r["swap"] for r in records], dtype=bool)
         self._label = np.array([r["label"] for r in records], dtype=np.float32)
         self._prompts = pa.array([r["prompt"] for r in records], type=pa.string())
-        self._scores = np.array([r["scores"] for r in records], dtype=np.float32).reshape(len(records), -1)
+        self._scores = np.array([r["scores"] for r in records], dtype=np.float32).reshape(
+            len(records), len(self.score_columns)
+        )
+        segments = len(records[0].get("segment_label", [])) if records else 0
         self._segments = np.array([r.get("segment_label", []) for r in records], dtype=np.float32).reshape(
-            len(records), -1
+            len(records), segments
         )
 
     def _select(self, keep: np.ndarray) -> None:

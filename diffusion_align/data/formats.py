@@ -15,8 +15,15 @@ Three layouts, all Parquet (``datasets.load_dataset("parquet", ...)`` reads each
   A video cell is the bytes of an ``.npz`` archive (``numpy.savez``/``savez_compressed``) holding one array
   ``frames``: uint8 ``[F, H, W, 3]`` RGB.
 
-An image column may also be a ``struct<bytes: binary, path: string>`` (the layout ``datasets.Image`` writes).
+An image column may also be a ``struct<bytes: binary, path: string>`` (the layout ``datasets.Image`` writes); only
+its bytes are read: a ``path`` in a dataset is never opened or written to.
 Every error is a :class:`DataFormatError` naming the file, the row (its index in that file) and the field.
+
+Captions: an empty caption is a valid row (the unconditional prompt, as prompt dropout makes it); a caption longer
+than the text encoder's window (77 CLIP tokens; T5's ``max_sequence_length``) is kept here and truncated when it is
+encoded, by the pipeline's own ``encode_prompt``, which logs a warning quoting the dropped words: the official
+Diffusion-DPO scripts and diffusers' pipelines at inference truncate the same way, so training and sampling see the
+same tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from PIL import Image
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # refuse to decode larger images (a corrupt header can claim any size)
 VIDEO_FRAMES_KEY = "frames"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 PAIRWISE_SCHEMA = pa.schema(
     [
@@ -199,14 +207,19 @@ def check_text(value: object, file: str | Path, row: int, name: str) -> str:
 
 
 def check_finite(value: object, file: str | Path, row: int, name: str) -> float:
-    """A score: a finite number."""
+    """A score: a finite number that stays finite as float32 (scores are stored and trained on as float32)."""
     if value is None:
         raise DataFormatError(
             file, "expected a finite number, got null", row=row, field=name, reason=f"{name}: null"
         )
-    if not math.isfinite(value):
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        overflow = f" (beyond float32's ±{FLOAT32_MAX:.4g}, the dtype scores are kept in)" if math.isfinite(value) else ""
         raise DataFormatError(
-            file, f"expected a finite number, got {value}", row=row, field=name, reason=f"{name}: not finite"
+            file,
+            f"expected a finite number, got {value}{overflow}",
+            row=row,
+            field=name,
+            reason=f"{name}: not finite",
         )
     return float(value)
 

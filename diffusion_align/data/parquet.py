@@ -4,11 +4,16 @@ Small columns (captions, labels, scores) are read whole; the large ones (encoded
 group at a time from a memory-mapped file, keeping the last few row groups in a small per-process LRU. Random access
 into a file with huge row groups is slow by nature of Parquet: build the latent cache (one sequential pass), or
 write shards with small row groups (our writers use 64 rows).
+
+A file whose bytes are not readable Parquet (truncated, bit-flipped, not Parquet at all) raises a
+:class:`~diffusion_align.data.formats.DataFormatError` naming the file (and the row group, when only one is
+damaged) instead of pyarrow's message, which names neither.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import glob
 import os
 from collections import OrderedDict
@@ -17,6 +22,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from diffusion_align.data.formats import DataFormatError
+
+# what pyarrow raises for damaged files: ArrowInvalid, ArrowIOError / OSError (thrift, snappy, flatbuffers), and
+# UnicodeDecodeError for string cells that are not UTF-8
+PARQUET_READ_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
 
 
 def resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -73,28 +84,49 @@ class ParquetRows:
         state["_handles"], state["_groups"] = {}, OrderedDict()
         return state
 
+    @contextlib.contextmanager
+    def reading(self, file_index: int, part: str = "") -> Iterator[None]:
+        """Turn pyarrow's errors while reading ``part`` of a file (``"row group 3 (rows 12 .. 15)"``) into a
+        :class:`DataFormatError` naming the file."""
+        try:
+            yield
+        except PARQUET_READ_ERRORS as exc:
+            where = f"{part} " if part else ""
+            raise DataFormatError(
+                self.paths[file_index], f"{where}is not readable Parquet ({type(exc).__name__}: {exc})".strip(),
+                reason="unreadable Parquet",
+            ) from exc
+
     def handle(self, file_index: int) -> pq.ParquetFile:
         if file_index not in self._handles:
-            self._handles[file_index] = pq.ParquetFile(self.paths[file_index], memory_map=True)
+            with self.reading(file_index):
+                self._handles[file_index] = pq.ParquetFile(self.paths[file_index], memory_map=True)
         return self._handles[file_index]
 
     def _row_group_offsets(self, file_index: int) -> list[int]:
         metadata = self.handle(file_index).metadata
         offsets = [0]
-        for group in range(metadata.num_row_groups):
-            offsets.append(offsets[-1] + metadata.row_group(group).num_rows)
+        with self.reading(file_index, "the footer"):
+            for group in range(metadata.num_row_groups):
+                offsets.append(offsets[-1] + metadata.row_group(group).num_rows)
         return offsets
 
+    def _group_part(self, file_index: int, group: int) -> str:
+        offsets = self._offsets[file_index]
+        return f"row group {group} (rows {offsets[group]} .. {offsets[group + 1] - 1})"
+
     def schema(self, file_index: int) -> pa.Schema:
-        return self.handle(file_index).schema_arrow
+        with self.reading(file_index, "the schema"):
+            return self.handle(file_index).schema_arrow
 
     def num_rows(self, file_index: int) -> int:
         return self._offsets[file_index][-1]
 
     def read_columns(self, file_index: int, columns: Sequence[str]) -> dict[str, list]:
         """Whole small columns of one file as Python lists (column name -> values)."""
-        table = self.handle(file_index).read(columns=list(columns))
-        return {name: table.column(name).to_pylist() for name in columns}
+        with self.reading(file_index, f"columns {', '.join(columns)}"):
+            table = self.handle(file_index).read(columns=list(columns))
+            return {name: table.column(name).to_pylist() for name in columns}
 
     def iter_row_groups(
         self, file_index: int, columns: Sequence[str], rows: Collection[int] | None = None
@@ -109,8 +141,10 @@ class ParquetRows:
         for group in range(handle.metadata.num_row_groups):
             if wanted is not None and group not in wanted:
                 continue
-            table = handle.read_row_group(group, columns=list(columns))
-            yield offsets[group], {name: table.column(name).to_pylist() for name in columns}
+            with self.reading(file_index, self._group_part(file_index, group)):
+                table = handle.read_row_group(group, columns=list(columns))
+                values = {name: table.column(name).to_pylist() for name in columns}
+            yield offsets[group], values
 
     def cells(self, file_index: int, row: int, columns: tuple[str, ...]) -> dict[str, object]:
         """Python values of one row's ``columns``, reading (and caching) the row group of those columns."""
@@ -122,11 +156,13 @@ class ParquetRows:
         if key in self._groups:
             self._groups.move_to_end(key)
         else:
-            self._groups[key] = self.handle(file_index).read_row_group(group, columns=list(columns))
+            with self.reading(file_index, self._group_part(file_index, group)):
+                self._groups[key] = self.handle(file_index).read_row_group(group, columns=list(columns))
             while len(self._groups) > self.row_group_cache:
                 self._groups.popitem(last=False)
         table = self._groups[key]
-        return {name: table.column(name)[row - offsets[group]].as_py() for name in columns}
+        with self.reading(file_index, self._group_part(file_index, group)):
+            return {name: table.column(name)[row - offsets[group]].as_py() for name in columns}
 
     def fingerprint(self) -> list[dict]:
         return [file_fingerprint(path) for path in self.paths]

@@ -178,9 +178,9 @@ class RankedParquetDataset(PreferenceDataset):
         members = [sorted(g["rows"], key=lambda r: r["rank"])[:size] for g in groups]
         self._members = np.array(
             [[(r["file"], r["row"]) for r in m] for m in members], dtype=np.int64
-        ).reshape(-1, size, 2)
+        ).reshape(len(members), size, 2)
         self._scores = np.array([[r["score"] for r in m] for m in members], dtype=np.float32).reshape(
-            -1, size
+            len(members), size
         )
         self._prompts = pa.array([m[0]["prompt"] for m in members], type=pa.string())
         self._ids = [g["id"] for g in groups]

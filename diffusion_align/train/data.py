@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from diffusion_align.config import ConfigError, build
-from diffusion_align.data import build_cache, collate_preference
+from diffusion_align.data import (
+    DataFormatError,
+    PreferenceDataset,
+    UnpairedDataset,
+    build_cache,
+    collate_preference,
+)
 from diffusion_align.train.sampler import EpochPermutationSampler
+
+log = logging.getLogger(__name__)
 
 
 def make_dataset(cfg: DictConfig, adapter):
@@ -18,7 +28,8 @@ def make_dataset(cfg: DictConfig, adapter):
     The cache is built on first use (a killed build resumes; a cache of other data, resolution or encoder is refused
     as stale). Under several processes it is built by the main process first, the others then read it.
     """
-    dataset = build(cfg.data.dataset)
+    dataset = build_dataset(cfg)
+    report_bad_rows(dataset)
     cache = cfg.data.cache
     if not cache.enabled:
         return dataset
@@ -31,6 +42,25 @@ def make_dataset(cfg: DictConfig, adapter):
         batch_size=cache.batch_size,
         encoder_id=f"{adapter.family}:{cfg.model.adapter.path}:{cfg.model.resolution}",
     )
+
+
+def build_dataset(cfg: DictConfig):
+    """``cfg.data.dataset``; a data problem surfaces as itself (a :class:`DataFormatError` naming file, row and
+    field, or the missing file), not wrapped in hydra's ``InstantiationException`` as a quoted repr."""
+    try:
+        return build(cfg.data.dataset)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (DataFormatError, FileNotFoundError)):
+            raise error.__cause__ from None
+        raise
+
+
+def report_bad_rows(dataset) -> None:
+    """Log what ``on_bad_row=skip`` left out (rows per reason and the first messages), if anything."""
+    source = dataset.source if isinstance(dataset, UnpairedDataset) else dataset
+    if isinstance(source, PreferenceDataset) and source.bad_rows.total:
+        examples = "\n".join(f"  {e}" for e in source.bad_rows.examples)
+        log.warning("data.dataset.on_bad_row=skip: %s\nfirst skipped rows:\n%s", source.bad_rows, examples)
 
 
 def make_loader(cfg: DictConfig, adapter) -> DataLoader:

@@ -1,12 +1,18 @@
 """``diffalign train``: the one offline training loop (accelerate), read top to bottom.
 
 The science of a step lives in :mod:`diffusion_align.train.step`; this file is engineering: devices and precision,
-LoRA or full fine-tuning, data loading, accumulation, clipping, logging, checkpoints and the final save.
+LoRA or full fine-tuning, data loading, accumulation, clipping, non-finite losses and gradients, logging,
+checkpoints, SIGTERM/SIGINT (checkpoint at the next step boundary, then exit: :mod:`~diffusion_align.train.signals`)
+and the final save (written beside its place and renamed into it, so a kill leaves no half-written weights).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +32,9 @@ from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve
 from diffusion_align.train.data import make_loader
 from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
+from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
+from diffusion_align.train.options import check_trainer_config
+from diffusion_align.train.signals import StopSignals, TrainingInterrupted
 from diffusion_align.train.step import StepInputs, preference_step
 from diffusion_align.train.validation import run_validation
 
@@ -52,12 +61,19 @@ class Run:
     ema: EMAModel | None
     out_dir: Path
     state: LoopState = field(default_factory=LoopState)
+    checkpointed_step: int | None = None  # the step of the last checkpoint this process wrote
+    step_fault: str | None = None  # a non-finite value met in the optimizer step under way
 
 
 def run(cfg: DictConfig) -> Path:
-    """Train as ``cfg`` says; returns the output directory (LoRA weights or a full pipeline, and a model card)."""
+    """Train as ``cfg`` says; returns the output directory (LoRA weights or a full pipeline, and a model card).
+
+    Raises:
+        TrainingInterrupted: SIGTERM or SIGINT arrived; a checkpoint of the last completed step was written.
+    """
     out_dir = Path(cfg.output_dir)
     trainer = cfg.trainer
+    check_trainer_config(trainer)
     accelerator = Accelerator(
         gradient_accumulation_steps=trainer.gradient_accumulation_steps,
         mixed_precision=trainer.mixed_precision,
@@ -92,11 +108,16 @@ def run(cfg: DictConfig) -> Path:
     resume(r)
     if trainer.report_to:
         accelerator.init_trackers(trainer.project_name, config=flat_config(cfg))
-    train(r)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_final(r)
+    with StopSignals() as stop:
+        signum = train(r, stop)
+        accelerator.wait_for_everyone()
+        if signum is None and accelerator.is_main_process:
+            save_final(r)
     accelerator.end_training()
+    if signum is not None:
+        interrupted = TrainingInterrupted(signum, r.state.step, checkpoint_dir(r))
+        log.warning("%s", interrupted)
+        raise interrupted
     return out_dir
 
 
@@ -188,8 +209,13 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
     )
 
 
-def train(r: Run) -> None:
-    """Optimizer steps until ``trainer.max_steps``; logs, validates, checkpoints, handles non-finite losses."""
+def train(r: Run, stop: StopSignals) -> int | None:
+    """Optimizer steps until ``trainer.max_steps``; logs, validates, checkpoints, handles non-finite values.
+
+    Returns:
+        ``None`` when ``max_steps`` are done; the signal number when a stop signal cut training short (after the
+        checkpoint of the last completed step was written).
+    """
     trainer, accelerator, state = r.cfg.trainer, r.accelerator, r.state
     averager = MetricAverager()
     progress = tqdm(total=trainer.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
@@ -211,29 +237,52 @@ def train(r: Run) -> None:
             after_step(r, averager, progress)
             if state.step >= trainer.max_steps:
                 break
+            if stop_requested(accelerator, stop):
+                if r.checkpointed_step != state.step:
+                    save_loop_checkpoint(r)
+                progress.close()
+                return stop.received or signal.SIGTERM  # another process may have received it
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
     progress.close()
+    return None
+
+
+def stop_requested(accelerator: Accelerator, stop: StopSignals) -> bool:
+    """Whether any process received a stop signal; every process gets the same answer, so all stop together."""
+    local = stop.received is not None
+    if accelerator.num_processes == 1:
+        return local
+    votes = accelerator.reduce(torch.tensor([int(local)], device=accelerator.device), reduction="sum")
+    return bool(votes.item() > 0)
 
 
 def optimization_step(r: Run, batch):
-    """Forward (the step's science), backward, clip and update; a non-finite loss updates nothing."""
+    """Forward (the step's science), backward, clip and update on one micro-batch.
+
+    A non-finite loss in any micro-batch of an optimizer step, or a non-finite gradient norm at its end, skips the
+    whole step (the accumulated gradients are dropped, nothing is updated) or stops, as ``trainer.on_nonfinite``
+    says.
+    """
     trainer, accelerator = r.cfg.trainer, r.accelerator
     with accelerator.accumulate(r.policy):
         with accelerator.autocast():
             out = preference_step(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
                                   policy=r.policy)
-        finite = bool(torch.isfinite(out.loss)) if trainer.check_finite else True
-        if finite:
+        if trainer.check_finite and r.step_fault is None and not bool(torch.isfinite(out.loss)):
+            r.step_fault = f"loss {float(out.loss.detach())}"
+        if r.step_fault is None:
             accelerator.backward(out.loss)
-            if accelerator.sync_gradients and trainer.max_grad_norm:
-                accelerator.clip_grad_norm_(r.policy.parameters(), trainer.max_grad_norm)
-            r.optimizer.step()
+        if accelerator.sync_gradients and r.step_fault is None:
+            r.step_fault = clip_and_check_gradients(trainer, accelerator, r.policy, r.params)
+        if r.step_fault is None:
+            r.optimizer.step()  # accelerate makes it a no-op until the last micro-batch of the step
             r.scheduler.step()
-        r.optimizer.zero_grad(set_to_none=True)
-    if not finite:
-        handle_nonfinite(trainer, r.state, out)
+        r.optimizer.zero_grad(set_to_none=True)  # likewise: accumulated gradients survive until the step ends
+    if accelerator.sync_gradients and r.step_fault is not None:
+        fault, r.step_fault = r.step_fault, None
+        handle_nonfinite(trainer, r.state, out, fault)
     return out
 
 
@@ -248,21 +297,21 @@ def after_step(r: Run, averager: MetricAverager, progress) -> None:
     validation = trainer.validation
     if validation.every and validation.prompts and step % validation.every == 0 and accelerator.is_main_process:
         run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step)
-    if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and accelerator.is_main_process:
+    if trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
+        save_loop_checkpoint(r)
+
+
+def checkpoint_dir(r: Run) -> Path:
+    return r.out_dir / "checkpoints" / f"checkpoint-{r.state.step}"
+
+
+def save_loop_checkpoint(r: Run) -> None:
+    """Checkpoint the current step (main process; the others only note it)."""
+    if r.accelerator.is_main_process:
         extra = {**r.reference.state_tensors(), **ema_tensors(r.ema)}
         save_checkpoint(r.out_dir / "checkpoints", r.state, r.adapter.denoiser, r.optimizer, r.scheduler,
-                        extra=extra, keep_last=trainer.checkpoints_keep)
-
-
-def handle_nonfinite(trainer, state: LoopState, out) -> None:
-    """A non-finite loss: skip the step (counted) or stop, as ``trainer.on_nonfinite`` says."""
-    state.skipped_nonfinite += 1
-    detail = {k: float(v) for k, v in out.metrics.items()}
-    if trainer.on_nonfinite == "stop":
-        raise FloatingPointError(
-            f"non-finite loss {float(out.loss.detach())} at step {state.step + 1} (metrics {detail}); the last checkpoint is intact"
-        )
-    log.warning("non-finite loss at step %d skipped (%d so far): %s", state.step + 1, state.skipped_nonfinite, detail)
+                        extra=extra, keep_last=r.cfg.trainer.checkpoints_keep)
+    r.checkpointed_step = r.state.step
 
 
 def save_final(r: Run) -> None:
@@ -276,13 +325,31 @@ def save_final(r: Run) -> None:
     if cfg.model.finetune.mode == "lora":
         save_lora(adapter.pipeline, adapter.denoiser, adapter.lora_layers_kwarg, out_dir)
     else:
-        adapter.pipeline.save_pretrained(out_dir / "pipeline")
+        save_pipeline_atomically(adapter.pipeline, out_dir / "pipeline")
     card = write_model_card(out_dir, cfg, r.state, adapter)
     if cfg.trainer.validation.prompts:
         run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step)
         if cfg.model.finetune.mode == "lora":
             run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step, base=True)
     log.info("trained %d steps; weights and model card in %s", r.state.step, card.parent)
+
+
+def save_pipeline_atomically(pipeline, directory: Path) -> None:
+    """``pipeline.save_pretrained`` into a hidden sibling renamed to ``directory``; a previous one is replaced.
+
+    Hidden siblings a killed save left behind are removed first.
+    """
+    for leftover in directory.parent.glob(f".{directory.name}.*"):
+        shutil.rmtree(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    pipeline.save_pretrained(tmp)
+    replaced = None
+    if directory.exists():
+        replaced = directory.with_name(f".{directory.name}.replaced-{os.getpid()}")
+        os.replace(directory, replaced)
+    os.replace(tmp, directory)
+    if replaced is not None:
+        shutil.rmtree(replaced)
 
 
 def flat_config(cfg: DictConfig) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,5 +74,7 @@ def write_model_card(out_dir: Path, cfg: DictConfig, state: LoopState, adapter) 
         ]
     )
     path = out_dir / "README.md"
-    path.write_text(text, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # a kill never leaves a half-written card
     return path
