@@ -1,0 +1,197 @@
+"""The on-disk layout of a generated dataset: manifest, shards written atomically, completion markers.
+
+::
+
+    out_dir/
+      manifest.json              the generation config and the shard plan (written once; a re-run must match it)
+      README.md                  the dataset card (written when every shard is complete)
+      <table>/shard-00000.parquet  one file per shard and table (``ranked``, ``pairs``, ``dense_pairs``)
+      shards/shard-00000.json    the completion marker of shard 0, with its statistics
+
+The unit of work is a shard: a contiguous range of prompts. Each Parquet file is written under a hidden temporary
+name (``.shard-00000.parquet.<host>.<pid>.tmp``, which no ``*.parquet`` glob matches) and renamed into place; the
+marker is renamed into place last. A shard is complete when its marker exists: a killed run leaves at most an
+incomplete shard, redone (deterministically, to the same rows) by the next run. Shards go to workers by
+``shard index % worker count``, so any number of processes or array jobs share one ``out_dir`` without locks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+MARKERS = "shards"
+FORMAT = "diffusion-align-generate/1"
+
+
+class ManifestMismatchError(ValueError):
+    """``out_dir`` holds a dataset generated with another configuration."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Prompts ``start`` .. ``stop - 1`` (indices into the prompt list)."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This worker's place among all workers: it owns the shards with ``index % count == self.index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"worker index {self.index}: expected 0 <= index < count ({self.count})")
+
+    def owns(self, shard: Shard) -> bool:
+        return shard.index % self.count == self.index
+
+
+def plan_shards(num_prompts: int, prompts_per_shard: int) -> list[Shard]:
+    """Consecutive shards of ``prompts_per_shard`` prompts (the last may be shorter)."""
+    if prompts_per_shard < 1:
+        raise ValueError(f"prompts_per_shard {prompts_per_shard}: expected a positive integer")
+    starts = range(0, num_prompts, prompts_per_shard)
+    return [Shard(i, start, min(start + prompts_per_shard, num_prompts)) for i, start in enumerate(starts)]
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of ``path`` unique to this host and process."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def replace_atomically(path: Path, write) -> Path:
+    """Call ``write(temporary path)``, flush it to disk, then rename it to ``path``; the temporary never stays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    return replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    items: dict[str, Any] = {}
+    for key, value in node.items():
+        items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return items
+
+
+class ShardStore:
+    """One generated dataset directory.
+
+    Args:
+        out_dir: the dataset directory.
+        tables: the table names every shard writes (one subdirectory each).
+        row_group_size: rows per Parquet row group (small groups keep random access cheap for the readers).
+    """
+
+    def __init__(self, out_dir: str | Path, tables: tuple[str, ...], row_group_size: int = 64) -> None:
+        self.out_dir = Path(out_dir).expanduser()
+        self.tables, self.row_group_size = tables, row_group_size
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST
+
+    def open(self, config: dict, shards: list[Shard]) -> None:
+        """Create the manifest, or check that the existing one records the same ``config``.
+
+        Creation is atomic (a hard link of a complete temporary file): of several workers starting at once, one
+        writes it and the others compare against it.
+
+        Raises:
+            ManifestMismatchError: the manifest records another configuration (each differing key is named).
+        """
+        config = json.loads(json.dumps(config))  # tuples -> lists, as the manifest stores them
+        manifest = {"format": FORMAT, "config": config, "tables": list(self.tables),
+                    "shards": [[s.start, s.stop] for s in shards]}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_path(self.manifest_path)
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        try:
+            os.link(temporary, self.manifest_path)
+        except FileExistsError:
+            self._check(json.loads(self.manifest_path.read_text()), manifest)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _check(self, found: dict, wanted: dict) -> None:
+        if found.get("format") != FORMAT:
+            raise ManifestMismatchError(f"{self.manifest_path}: format {found.get('format')!r}, expected {FORMAT!r}")
+        old = flatten({"config": found.get("config"), "tables": found.get("tables")})
+        new = flatten({"config": wanted["config"], "tables": wanted["tables"]})
+        changed = [f"{k}: {old.get(k, '<absent>')!r} (manifest) != {new.get(k, '<absent>')!r} (now)"
+                   for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        if changed:
+            raise ManifestMismatchError(
+                f"{self.manifest_path} was written by a run with another configuration; resuming would mix "
+                "datasets. Use a new out_dir, or restore the settings:\n  " + "\n  ".join(changed[:20])
+            )
+
+    def table_path(self, table: str, shard: Shard) -> Path:
+        return self.out_dir / table / f"{shard.name}.parquet"
+
+    def marker_path(self, shard: Shard) -> Path:
+        return self.out_dir / MARKERS / f"{shard.name}.json"
+
+    def is_complete(self, shard: Shard) -> bool:
+        return self.marker_path(shard).is_file()
+
+    def remove_stale(self, shard: Shard) -> None:
+        """Delete temporaries a killed run left for ``shard`` (its owner is the only writer of its files)."""
+        for path in [*(self.table_path(table, shard) for table in self.tables), self.marker_path(shard)]:
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def write(self, shard: Shard, tables: dict[str, pa.Table], stats: dict, worker: Worker) -> None:
+        """Write every table of ``shard`` atomically, then its marker (``stats`` and the ``worker`` that wrote it):
+        the shard is complete."""
+        if set(tables) != set(self.tables):
+            raise ValueError(f"{shard.name}: got tables {sorted(tables)}, expected {sorted(self.tables)}")
+        for name, table in tables.items():
+            replace_atomically(
+                self.table_path(name, shard),
+                lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=self.row_group_size),
+            )
+        self.write_marker(shard, {"shard": shard.index, "prompts": [shard.start, shard.stop],
+                                  "rows": {name: t.num_rows for name, t in tables.items()}, "stats": stats,
+                                  "worker": [worker.index, worker.count]})
+
+    def write_marker(self, shard: Shard, payload: dict) -> None:
+        write_json(self.marker_path(shard), payload)
+
+    def markers(self, shards: list[Shard]) -> Iterator[dict]:
+        """The markers of the complete shards, in shard order."""
+        for shard in shards:
+            if self.is_complete(shard):
+                yield json.loads(self.marker_path(shard).read_text())

@@ -1,0 +1,56 @@
+"""load_prompts: text files, CSV and Parquet columns, the Shapes named sets, and errors naming the culprit."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from diffusion_align.generate import NAMED_PROMPT_SETS, load_prompts
+from diffusion_align.shapes.world import split_prompts
+
+
+def test_text_file_one_prompt_per_line_blank_lines_skipped(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("  a cat  \n\na dog, sleeping\n   \nthe moon\n")
+    assert load_prompts(path) == ["a cat", "a dog, sleeping", "the moon"]
+    assert load_prompts(str(path), limit=2) == ["a cat", "a dog, sleeping"]
+
+
+def test_csv_and_parquet_columns(tmp_path):
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text('id,caption\n1,"a cat, orange"\n2,a dog\n')
+    assert load_prompts(csv_path, column="caption") == ["a cat, orange", "a dog"]
+    parquet_path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": ["one", "two", "three"], "n": [1, 2, 3]}), parquet_path)
+    assert load_prompts(parquet_path) == ["one", "two", "three"]
+
+
+def test_shapes_named_sets_are_the_world_split():
+    assert sorted(NAMED_PROMPT_SETS) == ["shapes_held_out", "shapes_train"]
+    train, held_out = load_prompts("shapes_train"), load_prompts("shapes_held_out")
+    assert train == [p.text for p in split_prompts("train")]
+    assert held_out == [p.text for p in split_prompts("held_out")]
+    assert not set(train) & set(held_out)
+    assert load_prompts("shapes_train", limit=5) == train[:5]
+
+
+def test_errors_name_the_file_row_and_column(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'missing.txt': no such file and not a named set"):
+        load_prompts("missing.txt")
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("caption\na cat\n")
+    with pytest.raises(KeyError, match=r"p\.csv: no column 'prompt' \(columns: caption\)"):
+        load_prompts(csv_path)
+    parquet_path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["fine", None]}), parquet_path)
+    with pytest.raises(ValueError, match="row 1 column 'prompt': expected a non-empty string, got None"):
+        load_prompts(parquet_path)
+    (tmp_path / "p.json").write_text("[]")
+    with pytest.raises(ValueError, match="expected a .txt, .csv or .parquet file"):
+        load_prompts(tmp_path / "p.json")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no prompts found"):
+        load_prompts(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match="limit 0"):
+        load_prompts("shapes_train", limit=0)
