@@ -1,0 +1,172 @@
+"""``diffalign evaluate`` and its Python twin :func:`evaluate_models`: generate, score, compare, report.
+
+Outputs in ``out_dir``::
+
+    images/<model>/<prompt_index>-<sample_index>.png   every sample (clips: a strip of frames)
+    results.parquet, results.json                      every row and score; summary and win rates (json)
+    grids/grid-000.png ...                             prompts down, models across, scores under each image
+    plots/*.png                                        score distributions per reward, win rates
+    report.html                                        self-contained: tables, figures, sortable samples
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion_align.config import build
+from diffusion_align.evaluate.media import save_sample
+from diffusion_align.evaluate.prompts import PromptSet, as_prompt_set
+from diffusion_align.evaluate.report import ReportSettings, report_html, write_grids, write_report
+from diffusion_align.evaluate.results import EvaluationResults
+from diffusion_align.evaluate.sampling import (
+    ModelSpec,
+    SamplingSettings,
+    as_model_spec,
+    free_memory,
+    generate,
+    load_model,
+    sample_seed,
+)
+from diffusion_align.evaluate.scoring import as_rewards, score_results
+from diffusion_align.evaluate.stats import StatsSettings
+from reward_models.base import RewardModel
+
+log = logging.getLogger(__name__)
+
+
+def generate_samples(
+    specs: Mapping[str, ModelSpec],
+    prompt_set: PromptSet,
+    sampling: SamplingSettings,
+    image_dir: Path,
+    device: str | torch.device,
+    dtype: str,
+) -> pd.DataFrame:
+    """Sample every prompt with every model (one model in memory at a time); save PNGs; return the rows."""
+    jobs = [(i, k, prompt) for i, prompt in enumerate(prompt_set.prompts) for k in range(sampling.samples_per_prompt)]
+    rows = []
+    for name, spec in specs.items():
+        pipeline = load_model(spec, device, dtype)
+        for prompt_index, sample_index, pixels in generate(pipeline, jobs, sampling, spec, f"sampling {name}"):
+            path = image_dir / name / f"{prompt_index:05d}-{sample_index:03d}.png"
+            rows.append({
+                "model": name, "prompt_index": prompt_index, "sample_index": sample_index,
+                "prompt": prompt_set.prompts[prompt_index],
+                "category": None if prompt_set.categories is None else prompt_set.categories[prompt_index],
+                "seed": sample_seed(sampling.seed, prompt_index, sample_index),
+                "image": str(path.resolve()), "num_frames": save_sample(pixels, path),
+            })
+        del pipeline  # one model in memory at a time
+        free_memory()
+    return pd.DataFrame(rows)
+
+
+def write_outputs(results: EvaluationResults, out_dir: Path, stats: StatsSettings, report: ReportSettings) -> Path:
+    """Results files, grids, figures and the HTML report; returns the report's path."""
+    summary, win_rates = results.summary(stats), results.win_rates(stats)
+    results.save(out_dir, stats, summary, win_rates)
+    write_grids(results, out_dir / "grids", report)
+    figures: dict[str, bytes] = {}
+    if report.plots:
+        try:
+            from diffusion_align.evaluate.plots import plot_score_distributions, plot_win_rates, save_figure
+        except ImportError as error:
+            raise ImportError("report.plots=true draws figures with matplotlib: pip install matplotlib, "
+                              "or set report.plots=false") from error
+        drawn = {f"scores_{reward}": plot_score_distributions(results, reward) for reward in results.reward_names}
+        if win_rates:
+            drawn["win_rates"] = plot_win_rates(win_rates)
+        for name, figure in drawn.items():
+            figures[name] = save_figure(figure, out_dir / "plots" / f"{name}.png").read_bytes()
+    for w in win_rates:
+        log.info("%s vs %s (%s): win rate %.3f [%.3f, %.3f]", w.model, w.opponent, w.reward, w.win_rate, w.low, w.high)
+    return write_report(out_dir / "report.html", report_html(results, summary, win_rates, report, figures))
+
+
+def evaluate_models(
+    models: Mapping[str, ModelSpec | str | Mapping[str, Any]],
+    prompts: PromptSet | Sequence[str],
+    rewards: Mapping[str, RewardModel] | RewardModel,
+    out_dir: str | Path,
+    *,
+    sampling: SamplingSettings | None = None,
+    stats: StatsSettings | None = None,
+    report: ReportSettings | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    score_batch_size: int = 16,
+    video_aggregate: str = "mean",
+) -> EvaluationResults:
+    """Compare models on the same prompts and seeds, score them, and write results, grids, plots and a report.
+
+    Args:
+        models: name -> :class:`ModelSpec`, a pipeline path / Hub id, or a mapping of ModelSpec fields, e.g.
+            ``{"base": "path/to/pipeline", "aligned": {"pipeline": "path/to/pipeline", "lora": "outputs/train/x"}}``.
+            The first model is the baseline of the report's difference columns; win rates cover every pair.
+        prompts: a :class:`PromptSet` (``diffusion_align.evaluate.prompts`` loaders) or a list of prompts.
+        rewards: reward models by name (or a single one, named by its ``name``); higher scores are better.
+        out_dir: where everything is written (see the module docstring).
+        sampling: samples per prompt, seed, steps, guidance, size, batch size; identical for every model.
+        stats: interval method and coverage, bootstrap resamples, tie tolerance.
+        report: what the grids and the HTML report show.
+        device: where pipelines run (reward models stay where they are).
+        dtype: pipelines' weight dtype (``float32``, ``float16``, ``bfloat16``).
+        score_batch_size: samples per reward-model call.
+        video_aggregate: clips' per-frame scores -> one: ``mean``, ``min`` or ``temporal_consistency``.
+
+    Returns:
+        The :class:`EvaluationResults` (also saved as ``out_dir/results.json`` and ``results.parquet``).
+    """
+    sampling, stats, report = sampling or SamplingSettings(), stats or StatsSettings(), report or ReportSettings()
+    specs = {name: as_model_spec(name, spec) for name, spec in models.items()}
+    if not specs:
+        raise ValueError("models: nothing to evaluate; give at least one model")
+    prompt_set, named_rewards = as_prompt_set(prompts), as_rewards(rewards)
+    out_dir = Path(out_dir)
+    table = generate_samples(specs, prompt_set, sampling, out_dir / "images", device, dtype)
+    settings = {"prompt_set": prompt_set.name, "sampling": asdict(sampling), "stats": asdict(stats),
+                "video_aggregate": video_aggregate, "dtype": dtype}
+    results = EvaluationResults(table, {name: spec.describe() for name, spec in specs.items()}, {}, settings)
+    results = score_results(results, named_rewards, score_batch_size, video_aggregate)
+    report_path = write_outputs(results, out_dir, stats, report)
+    log.info("evaluated %d models on %d prompts: %s", len(specs), len(prompt_set), report_path)
+    return results
+
+
+def model_specs(cfg: DictConfig) -> dict[str, ModelSpec]:
+    """``cfg.models`` as specs; a model without its own ``pipeline`` uses ``cfg.pipeline``."""
+    models = OmegaConf.to_container(cfg.models, resolve=True)
+    if not models:
+        raise ValueError("models: empty; e.g. models.base={} +models.aligned.lora=<diffalign train output>")
+    specs = {}
+    for name, spec in models.items():
+        spec = dict(spec or {})
+        if not spec.get("pipeline"):
+            if OmegaConf.is_missing(cfg, "pipeline"):
+                raise ValueError(f"models.{name} has no pipeline and `pipeline` (the shared base) is not set")
+            spec["pipeline"] = cfg.pipeline
+        specs[str(name)] = as_model_spec(str(name), spec)
+    return specs
+
+
+def run(cfg: DictConfig) -> Path:
+    """``diffalign evaluate``: the composed ``conf/evaluate.yaml``; returns the output folder."""
+    out_dir = Path(cfg.output_dir)
+    specs, prompts = model_specs(cfg), build(cfg.prompts)  # cheap checks first, then the reward models load
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("sampling", "stats", "report")}
+    rewards = {name: build(node, device=cfg.reward_device) for name, node in cfg.rewards.items()}
+    evaluate_models(
+        specs, prompts, rewards, out_dir,
+        sampling=SamplingSettings(**settings["sampling"]), stats=StatsSettings(**settings["stats"]),
+        report=ReportSettings(**settings["report"]), device=cfg.device, dtype=cfg.dtype,
+        score_batch_size=cfg.score_batch_size, video_aggregate=cfg.video_aggregate,
+    )
+    return out_dir

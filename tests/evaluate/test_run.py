@@ -1,0 +1,87 @@
+"""`diffalign evaluate` end to end from the command line, and the same for video clips from Python."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from diffusion_align.cli import main
+from diffusion_align.evaluate import PromptSet, SamplingSettings, StatsSettings, evaluate_models, load_results
+from diffusion_align.evaluate.media import load_frames
+from diffusion_align.evaluate.report import ReportSettings
+
+
+def evaluate_cli(out_dir, *overrides: str) -> None:
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    main(["evaluate", f"hydra.run.dir={out_dir}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+          *overrides])
+
+
+def test_cli_compares_base_and_lora_on_a_prompt_file(tiny_sd15_path, tiny_lora_dir, tiny_reward_kwargs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a white background\na blue square on a black background\n")
+    pickscore = tiny_reward_kwargs("pickscore")
+    out_dir = tmp_path / "run"
+    evaluate_cli(
+        out_dir, f"pipeline={tiny_sd15_path}", f"+models.aligned.lora={tiny_lora_dir}",
+        "evaluate/prompts=file", f"prompts.path={prompts}",
+        "+reward@rewards.pickscore=pickscore", f"rewards.pickscore.model={pickscore['model']}",
+        f"rewards.pickscore.processor={pickscore['processor']}",
+        "sampling.num_inference_steps=2", "sampling.samples_per_prompt=2", "stats.n_resamples=100",
+        "report.plots=false",
+    )
+    results = load_results(out_dir)
+    assert results.model_names == ["base", "aligned"] and results.reward_names == ["shapes", "pickscore"]
+    assert results.models["aligned"]["lora"] == str(tiny_lora_dir)
+    assert results.models["base"]["pipeline"] == results.models["aligned"]["pipeline"] == str(tiny_sd15_path)
+    assert results.settings["prompt_set"] == "prompts.txt" and len(results.table) == 2 * 2 * 2
+    assert {"report.html", "results.json", "results.parquet", "grids", "images"} <= {p.name for p in out_dir.iterdir()}
+    assert not (out_dir / "plots").exists()
+    assert [(w.model, w.opponent, w.reward, w.n_pairs) for w in results.win_rates()] == [
+        ("aligned", "base", "shapes", 4), ("aligned", "base", "pickscore", 4)]
+
+
+def test_cli_without_a_pipeline_says_so(tmp_path):
+    with pytest.raises(ValueError, match="models.base has no pipeline and `pipeline`"):
+        evaluate_cli(tmp_path / "run", "pipeline=???", "evaluate/prompts=file", f"prompts.path={tmp_path / 'p.txt'}")
+
+
+def test_video_models_are_compared_clip_by_clip(tiny_pipeline_path, clip_reward, tmp_path):
+    base, other = tiny_pipeline_path("wan"), tiny_pipeline_path("wan", seed=1)
+    sampling = SamplingSettings(num_inference_steps=2, batch_size=2,
+                                pipeline_kwargs={"height": 32, "width": 32, "num_frames": 5})
+    results = evaluate_models(
+        {"base": str(base), "other": str(other)}, PromptSet("clips", ("a red ball rolling", "a blue car driving")),
+        {"clip": clip_reward}, tmp_path, sampling=sampling, stats=StatsSettings(n_resamples=100),
+        report=ReportSettings(plots=False),
+    )
+    assert list(results.table["num_frames"]) == [5] * 4
+    row = results.rows_of("other").iloc[1]
+    frames = load_frames(row["image"], 5)
+    assert [frame.size for frame in frames] == [(32, 32)] * 5
+    per_frame = clip_reward.score(frames, [row["prompt"]] * 5)
+    assert row["score/clip"] == pytest.approx(float(per_frame.mean()), rel=1e-5)  # video_aggregate=mean
+    html = (tmp_path / "report.html").read_text()
+    gifs = [chunk.split('"', 1)[0] for chunk in html.split("data:image/gif;base64,")[1:]]
+    assert len(gifs) == 4
+    animation = Image.open(io.BytesIO(base64.b64decode(gifs[0])))
+    assert animation.n_frames == 5 and animation.size == (32, 32)
+    strip = np.asarray(Image.open(sorted((tmp_path / "grids").glob("*.png"))[0]))
+    assert strip.shape[1] > 2 * 5 * 32  # each grid cell holds the whole frame strip
+
+
+def test_default_config_is_the_shapes_world():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("diffusion_align.conf", version_base="1.3"):
+        cfg = compose("evaluate")
+    assert cfg.prompts._target_ == "diffusion_align.evaluate.prompts.load_shapes_held_out"
+    assert list(cfg.rewards) == ["shapes"] and cfg.rewards.shapes._target_ == "reward_models.ShapesReward"
+    assert OmegaConf.to_container(cfg, resolve=False)["pipeline"] == "${shapes_model:pipeline}"
+    assert list(cfg.models) == ["base"]
