@@ -29,10 +29,10 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("fine-tune a diffusers model on preference data with any method", "diffusion_align.train.loop:run"),
-    "generate": Command("generate a ranked preference dataset (Syn-Pic style) as Parquet", pending="issue 6"),
+    "generate": Command("generate a ranked preference dataset (Syn-Pic style) as Parquet", "diffusion_align.generate.run:run"),
     "score": Command("score images (folder or Parquet) with reward models", "reward_models.scoring:run"),
-    "evaluate": Command("compare models side by side: win rates, grids, HTML report", pending="issue 8"),
-    "demo": Command("the Shapes world end to end: generate, rank, align, evaluate", pending="issue 7"),
+    "evaluate": Command("compare models side by side: win rates, grids, HTML report", "diffusion_align.evaluate.run:run"),
+    "demo": Command("the Shapes world end to end: generate, rank, align, evaluate", "diffusion_align.shapes.demo:run"),
 }
 
 

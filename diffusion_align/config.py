@@ -151,7 +151,18 @@ def resolve_tiny_data(kind: str) -> str:
     return str(final)
 
 
+def resolve_shapes_model(name: str) -> str:
+    """OmegaConf resolver ``${shapes_model:pipeline}``: the path of a model shipped with the Shapes world."""
+    from diffusion_align.shapes import assets
+
+    shipped = {"pipeline": assets.shipped_pipeline_path}
+    if name not in shipped:
+        raise ConfigError(f"${{shapes_model:{name}}}: unknown shipped model; expected one of {sorted(shipped)}")
+    return str(shipped[name]())
+
+
 def register_resolvers() -> None:
-    """Register our OmegaConf resolvers (``tiny_model``, ``tiny_data``); called by the CLI and tests before composing."""
+    """Register our OmegaConf resolvers (``tiny_model``, ``tiny_data``, ``shapes_model``); the CLI and tests call it."""
     OmegaConf.register_new_resolver("tiny_model", resolve_tiny_model, replace=True)
     OmegaConf.register_new_resolver("tiny_data", resolve_tiny_data, replace=True)
+    OmegaConf.register_new_resolver("shapes_model", resolve_shapes_model, replace=True)

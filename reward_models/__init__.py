@@ -8,6 +8,8 @@ HPSReward          HPSv2 / HPSv2.1 (open_clip ViT-H-14)        raw cosine (≈ 0
 ClipScoreReward    CLIP ViT-L/14 (transformers)                max(100 × cosine, 0)
 AestheticReward    LAION aesthetic v2 MLP over CLIP-L/14       AVA 1-10
 RewardEnsemble     any of the above                            mean of per-model z-scores or ranks
+ShapesReward       Shapes world, measured from pixels (exact)  mean of per-attribute soft scores, 0-1
+ShapesProxyReward  tiny open_clip CLIP trained on Shapes        logit_scale × cosine (learned scale)
 =================  ==========================================  ===============================================
 
 Configs: ``conf/reward/*.yaml``; command: ``diffalign score`` (:func:`reward_models.scoring.run`).
@@ -21,6 +23,8 @@ from reward_models.hps import HPSReward
 from reward_models.loading import WeightLoadingError
 from reward_models.pickscore import PickScoreReward
 from reward_models.preprocessing import ClipPreprocessing
+from reward_models.shapes import ShapesReward
+from reward_models.shapes_proxy import ShapesProxyReward
 from reward_models.video import VideoScores
 
 __all__ = [
@@ -33,6 +37,8 @@ __all__ = [
     "PickScoreReward",
     "RewardEnsemble",
     "RewardModel",
+    "ShapesProxyReward",
+    "ShapesReward",
     "VideoScores",
     "WeightLoadingError",
     "normalized_ranks",

@@ -27,6 +27,7 @@ TOP_LEVEL = ("train", "generate", "score", "evaluate", "demo")  # one per `diffa
 GROUP_PRIMARY = {
     "data": "train",
     "debug": "train",
+    "evaluate/prompts": "evaluate",
     "experiment": "train",
     "method": "train",
     "model": "train",
@@ -38,7 +39,7 @@ GROUP_PRIMARY = {
 }
 # train.yaml's defaults list has no `experiment` entry: presets are appended (`+experiment=name`), after every group.
 APPENDED_GROUPS = {"experiment"}
-EXPECTED_FILE_COUNT = 65  # YAML files under conf/ outside hydra/: update when adding one (and check it is covered)
+EXPECTED_FILE_COUNT = 74  # YAML files under conf/ outside hydra/: update when adding one (and check it is covered)
 BITSANDBYTES_MISSING = importlib.util.find_spec("bitsandbytes") is None
 
 

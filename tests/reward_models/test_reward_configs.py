@@ -15,6 +15,8 @@ from reward_models import (
     PickScoreReward,
     RewardEnsemble,
     RewardModel,
+    ShapesProxyReward,
+    ShapesReward,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -26,7 +28,12 @@ EXPECTED_CLASSES = {
     "clip_score": ClipScoreReward,
     "aesthetic": AestheticReward,
     "ensemble_default": RewardEnsemble,
+    "shapes": ShapesReward,
+    "shapes_proxy": ShapesProxyReward,
 }
+NO_TINY_WEIGHTS = {"shapes", "shapes_proxy"}  # no weights / the shipped Shapes proxy (a few MB) loads as it is
+# Prompts of the Shapes grammar, which every reward here accepts (the Shapes rewards accept nothing else).
+SHAPES_PROMPTS = ["a red circle on a blue background", "a small green square at the left on a white background"]
 
 
 def tiny_overrides(name: str, prefix: str, tiny_reward_kwargs) -> list[str]:
@@ -37,6 +44,8 @@ def tiny_overrides(name: str, prefix: str, tiny_reward_kwargs) -> list[str]:
             for member in ("pickscore", "hps_v2_1", "clip_score")
             for override in tiny_overrides(member, f"{prefix}.models.{member}", tiny_reward_kwargs)
         ]
+    if name in NO_TINY_WEIGHTS:
+        return []
     builder = {"hps_v2": "hps", "hps_v2_1": "hps"}.get(name, name)
     return [f"{prefix}.{key}={value}" for key, value in tiny_reward_kwargs(builder).items()]
 
@@ -46,13 +55,13 @@ def test_the_reward_folder_holds_the_documented_options():
 
 
 @pytest.mark.parametrize("name", REWARD_CONFIGS)
-def test_reward_config_instantiates_on_tiny_weights(name, tiny_reward_kwargs, reward_images, reward_prompts):
+def test_reward_config_instantiates_on_tiny_weights(name, tiny_reward_kwargs, reward_images):
     overrides = [f"reward={name}", "input=unused", "output=unused.csv", *tiny_overrides(name, "reward", tiny_reward_kwargs)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="score", overrides=overrides)
     model = build(cfg.reward)
     assert type(model) is EXPECTED_CLASSES[name] and isinstance(model, RewardModel)
-    assert model.score(reward_images[:2], reward_prompts[:2]).shape == (2,)
+    assert model.score(reward_images[:2], SHAPES_PROMPTS).shape == (2,)
 
 
 @pytest.mark.parametrize("name", REWARD_CONFIGS)

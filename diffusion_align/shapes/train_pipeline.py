@@ -1,0 +1,320 @@
+"""Train the Shapes world's tiny text-to-image pipeline (Stable Diffusion architecture) from rendered images.
+
+    python -m diffusion_align.shapes.train_pipeline --out diffusion_align/shapes/assets/pipeline
+
+Three stages, all seeded: (1) a tiny ``AutoencoderKL`` (64 x 64 RGB <-> 4 x 16 x 16 latents) trained for
+reconstruction with a small KL term; its ``scaling_factor`` is set so the training latents have unit variance,
+as SD's is; (2) a tiny ``UNet2DConditionModel`` and a tiny ``CLIPTextModel`` trained jointly with the standard
+ε-prediction loss on DDPM's scaled-linear schedule, dropping 10% of prompts so classifier-free guidance works;
+(3) the parts saved as a ``StableDiffusionPipeline`` directory (DDIM sampler, no safety checker) that loads with
+``StableDiffusionPipeline.from_pretrained``. Training images are rendered on the fly from the train split only
+(held-out combinations are never shown). The default budget runs on a laptop CPU in well under an hour; it is
+deliberately small, so the model follows prompts often but not always: room for alignment to help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffusion_align.shapes.render import render_batch
+from diffusion_align.shapes.world import IMAGE_SIZE, ShapesPrompt, split_prompts
+from diffusion_align.testing.tokenizers import CLIP_VOCAB_SIZE, build_clip_tokenizer
+
+TOKEN_LENGTH = 16  # the longest grammar prompt is 13 CLIP tokens with BOS/EOS
+TEXT_WIDTH = 32
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+@dataclass
+class TrainConfig:
+    """Budget and optimiser settings of the three stages."""
+
+    seed: int = 0
+    vae_steps: int = 3000
+    vae_batch: int = 16
+    vae_crop: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    renders_per_prompt: int = 6
+    unet_steps: int = 2500
+    unet_batch: int = 32
+    unet_lr: float = 8e-4
+    prompt_dropout: float = 0.1
+    save_every: int = 250
+    threads: int = 1
+    vae_from: str = ""  # a saved autoencoder directory: skip stage 1
+    init_from: str = ""  # a saved Shapes pipeline: stage 2 continues from its UNet and text encoder
+
+
+def build_vae() -> AutoencoderKL:
+    """AutoencoderKL: 3 blocks (16, 32, 32 channels), 4x downsampling, 4 latent channels, no mid-block attention.
+
+    Without attention the autoencoder is purely convolutional, so training on crops teaches it whole images.
+    The posterior log-variance starts at -10 (std 0.007) so reconstructions from samples are informative from
+    the first step, and the latents the trainers sample stay close to the posterior means.
+    """
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
+    )
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:] = 0.0
+        vae.quant_conv.bias[channels:] = -10.0
+    return vae
+
+
+def build_text_encoder() -> CLIPTextModel:
+    """A 2-layer CLIP text transformer, width 32, over the full 49,408-token CLIP vocabulary."""
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=4 * TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKEN_LENGTH,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet() -> UNet2DConditionModel:
+    """UNet2DConditionModel on 16 x 16 latents: (32, 64, 64) channels, cross-attention on the two upper levels."""
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=16,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+    )
+
+
+def _pixels(prompts: list[ShapesPrompt], seed: int) -> torch.Tensor:
+    """Rendered images as ``[N, 3, 64, 64]`` floats in [-1, 1]."""
+    images = torch.from_numpy(render_batch(prompts, seed)).permute(0, 3, 1, 2).float()
+    return images / 127.5 - 1.0
+
+
+def _sample_prompts(rng: np.random.Generator, prompts: list[ShapesPrompt], n: int) -> list[ShapesPrompt]:
+    return [prompts[i] for i in rng.integers(0, len(prompts), size=n)]
+
+
+def train_vae(cfg: TrainConfig, prompts: list[ShapesPrompt], log) -> AutoencoderKL:
+    """Stage 1: reconstruction (MSE on pixels of random ``vae_crop`` crops) + ``kl_weight`` x KL, cosine decay."""
+    torch.manual_seed(cfg.seed)
+    vae = build_vae().train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.vae_steps)
+    rng = np.random.default_rng(cfg.seed)
+    for step in range(cfg.vae_steps):
+        pixels = _pixels(_sample_prompts(rng, prompts, cfg.vae_batch), seed=cfg.seed * 1_000_003 + step)
+        top, left = rng.integers(0, IMAGE_SIZE - cfg.vae_crop + 1, size=2)
+        pixels = pixels[:, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, pixels) + cfg.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step}: loss {loss.item():.5f}")
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def set_scaling_factor(vae: AutoencoderKL, prompts: list[ShapesPrompt], seed: int) -> float:
+    """Set ``vae.config.scaling_factor`` to 1 / std of posterior samples of 512 training renders."""
+    pixels = _pixels(prompts[:: max(1, len(prompts) // 512)][:512], seed)
+    latents = torch.cat([vae.encode(chunk).latent_dist.sample() for chunk in pixels.split(64)])
+    factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+@torch.no_grad()
+def reconstruction_error(vae: AutoencoderKL, seed: int) -> float:
+    """Mean squared error (pixels in [-1, 1]) of encoding and decoding 256 renders of held-out prompts."""
+    prompts = split_prompts("held_out")
+    pixels = _pixels([prompts[i] for i in range(0, len(prompts), max(1, len(prompts) // 256))][:256], seed)
+    decoded = torch.cat([vae.decode(vae.encode(chunk).latent_dist.sample()).sample for chunk in pixels.split(64)])
+    return float(F.mse_loss(decoded, pixels))
+
+
+def _encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str]) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="pt")
+    return text_encoder(ids.input_ids)[0]
+
+
+@torch.no_grad()
+def encode_renders(
+    vae: AutoencoderKL, prompts: list[ShapesPrompt], renders_per_prompt: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Render every prompt ``renders_per_prompt`` times and encode once.
+
+    Returns:
+        Posterior means and standard deviations ``[N, 4, 16, 16]`` (unscaled) and the prompt index of each row.
+    """
+    index = [i for i in range(len(prompts)) for _ in range(renders_per_prompt)]
+    means, stds = [], []
+    for start in range(0, len(index), 256):
+        chunk = [prompts[i] for i in index[start : start + 256]]
+        posterior = vae.encode(_pixels(chunk, seed=seed + start)).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds), index
+
+
+def train_denoiser(
+    cfg: TrainConfig,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    prompts: list[ShapesPrompt],
+    log,
+    checkpoint=None,
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Stage 2: UNet + text encoder, ε-prediction MSE at uniform timesteps, prompt dropout for CFG.
+
+    ``checkpoint(unet, text_encoder, step)`` is called every ``cfg.save_every`` steps when given.
+    """
+    torch.manual_seed(cfg.seed + 1)
+    means, stds, prompt_index = encode_renders(vae, prompts, cfg.renders_per_prompt, seed=cfg.seed * 7_000_003)
+    log(f"encoded {len(prompt_index)} renders of {len(prompts)} training prompts")
+    if cfg.init_from:
+        unet = UNet2DConditionModel.from_pretrained(cfg.init_from, subfolder="unet").train()
+        text_encoder = CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder").train()
+    else:
+        unet, text_encoder = build_unet().train(), build_text_encoder().train()
+    scheduler = DDPMScheduler(**SD_SCHEDULE)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    warmup = 200
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.unet_steps))),
+    )
+    rng = np.random.default_rng(cfg.seed + 1)
+    scale = vae.config.scaling_factor
+    for step in range(cfg.unet_steps):
+        rows = torch.from_numpy(rng.integers(0, len(prompt_index), size=cfg.unet_batch))
+        latents = (means[rows] + stds[rows] * torch.randn_like(means[rows])) * scale
+        texts = ["" if rng.random() < cfg.prompt_dropout else prompts[prompt_index[r]].text for r in rows.tolist()]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),))
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, _encode_prompts(tokenizer, text_encoder, texts)).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            log(f"unet step {step}: loss {loss.item():.5f}")
+        if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            checkpoint(unet.eval(), text_encoder.eval(), step + 1)
+            unet.train(), text_encoder.train()
+    return unet.eval(), text_encoder.eval()
+
+
+def assemble(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+    """The stock pipeline class with a DDIM sampler on the training schedule and no safety checker."""
+    scheduler = DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipeline: StableDiffusionPipeline, out: Path, cfg: TrainConfig, step: int) -> None:
+    """Save into ``out`` atomically: write a sibling temp directory, then swap it in."""
+    staging = out.with_name(out.name + ".saving")
+    if staging.exists():
+        shutil.rmtree(staging)
+    pipeline.save_pretrained(staging)
+    (staging / "training_config.json").write_text(json.dumps({**asdict(cfg), "unet_steps_done": step}, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
+    """Run all stages and save the pipeline into ``out`` (with ``training_config.json``); returns ``out``."""
+    out = Path(out)
+    torch.set_num_threads(cfg.threads)
+    started = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {message}", flush=True)
+
+    prompts = split_prompts("train")
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        tokenizer = build_clip_tokenizer(tokenizer_dir, model_max_length=TOKEN_LENGTH)
+    if cfg.vae_from:
+        vae = AutoencoderKL.from_pretrained(cfg.vae_from).eval().requires_grad_(False)
+    else:
+        vae = train_vae(cfg, prompts, log)
+        log(f"vae scaling_factor = {set_scaling_factor(vae, prompts, cfg.seed + 2):.4f}")
+        vae.save_pretrained(out.with_name(out.name + ".vae"))
+    log(f"vae reconstruction MSE on held-out renders: {reconstruction_error(vae, cfg.seed + 3):.5f}")
+
+    def checkpoint(unet, text_encoder, step):
+        save_pipeline(assemble(vae, text_encoder, tokenizer, unet), out, cfg, step)
+        log(f"saved {out} at unet step {step}")
+
+    unet, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, log, checkpoint)
+    if not cfg.save_every or cfg.unet_steps % cfg.save_every:
+        checkpoint(unet, text_encoder, cfg.unet_steps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="pipeline directory to write (the autoencoder also goes to OUT.vae)")
+    for field, default in asdict(TrainConfig()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    train_pipeline(out, TrainConfig(**args))
+
+
+if __name__ == "__main__":
+    main()
