@@ -20,11 +20,10 @@ CONFIG_PACKAGE = "pkg://diffusion_align.conf"
 
 @dataclass(frozen=True)
 class Command:
-    """One sub-command: the function it runs (``module:function``) or the issue it waits for."""
+    """One sub-command: what it does and the function it runs (``module:function``)."""
 
     summary: str
-    entry: str | None = None
-    pending: str | None = None
+    entry: str
 
 
 COMMANDS: dict[str, Command] = {
@@ -39,8 +38,7 @@ COMMANDS: dict[str, Command] = {
 def usage() -> str:
     lines = ["usage: diffalign <command> [group=option ...] [key=value ...] [--help] [--cfg job] [-m]", "", "commands:"]
     for name, command in COMMANDS.items():
-        note = f"  (not available yet: lands with {command.pending})" if command.entry is None else ""
-        lines.append(f"  {name:<10} {command.summary}{note}")
+        lines.append(f"  {name:<10} {command.summary}")
     lines.append("")
     lines.append("`diffalign <command> --help` shows its configuration groups and composed config.")
     return "\n".join(lines)
@@ -48,9 +46,6 @@ def usage() -> str:
 
 def _task(name: str, command: Command):
     def task(cfg: DictConfig) -> None:
-        if command.entry is None:
-            print(f"diffalign {name}: not available yet; it lands with {command.pending}.", file=sys.stderr)
-            raise SystemExit(2)
         module_name, function_name = command.entry.split(":")
         result = getattr(importlib.import_module(module_name), function_name)(cfg)
         if isinstance(result, int) and result != 0:

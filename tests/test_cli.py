@@ -1,7 +1,8 @@
-"""The diffalign console script: help, composed config, and honest refusal of commands not landed yet."""
+"""The diffalign console script: help, composed config, and every command wired to a function that exists."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -61,11 +62,10 @@ def test_train_cfg_job_takes_overrides():
     assert "SDXLAdapter" in done.stdout
 
 
-@pytest.mark.parametrize("command", [name for name, c in COMMANDS.items() if c.entry is None])
-def test_commands_not_landed_say_so_and_fail(command):
-    done = run_cli(command)
-    assert done.returncode == 2
-    assert "not available yet" in done.stderr and COMMANDS[command].pending in done.stderr
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_runs_a_function_that_exists(command):
+    module_name, function_name = COMMANDS[command].entry.split(":")
+    assert callable(getattr(importlib.import_module(module_name), function_name))
 
 
 def test_console_script_is_the_module_main():
