@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders.lora_base import LoraBaseMixin
 from tqdm.auto import tqdm
 
-from diffusion_align.adapters.lora import LORA_WEIGHT_NAME
+from diffusion_align.adapters.lora import LORA_WEIGHT_NAME, check_lora_file
 from reward_models.base import as_dtype
 
 log = logging.getLogger(__name__)
@@ -124,15 +124,19 @@ def load_model(spec: ModelSpec, device: str | torch.device, dtype: str | torch.d
 
 def load_lora(pipeline: DiffusionPipeline, directory: Path, scale: float) -> None:
     """Load a ``diffalign train`` LoRA: ``load_lora_weights`` or, for pipelines without a LoRA loader (PixArt), the
-    denoiser's ``load_lora_adapter``; then set its scale."""
+    denoiser's ``load_lora_adapter``; then set its scale. A LoRA of another architecture is refused first
+    (:func:`~diffusion_align.adapters.lora.check_lora_file` names the file and the keys that do not fit)."""
     if not (directory / LORA_WEIGHT_NAME).is_file():
         raise FileNotFoundError(f"LoRA {directory}: no {LORA_WEIGHT_NAME} (expected a `diffalign train` output folder)")
-    if isinstance(pipeline, LoraBaseMixin):
+    components = pipeline.components
+    denoiser_name = "transformer" if "transformer" in components else "unet"
+    denoiser = components[denoiser_name]
+    pipeline_format = isinstance(pipeline, LoraBaseMixin)
+    check_lora_file(directory / LORA_WEIGHT_NAME, denoiser, prefix=denoiser_name if pipeline_format else None)
+    if pipeline_format:
         pipeline.load_lora_weights(str(directory), adapter_name=LORA_ADAPTER_NAME)
         pipeline.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[scale])
         return
-    components = pipeline.components
-    denoiser = components["transformer"] if "transformer" in components else components["unet"]
     denoiser.load_lora_adapter(str(directory), weight_name=LORA_WEIGHT_NAME, prefix=None, adapter_name=LORA_ADAPTER_NAME)
     denoiser.set_adapters([LORA_ADAPTER_NAME], weights=[scale])
 

@@ -88,3 +88,11 @@ def test_settings_and_outputs_are_checked():
     assert to_uint8(np.array([[[[0.0, 0.5, 1.2]]]])).tolist() == [[[[0, 128, 255]]]]
     with pytest.raises(ValueError, match="expected"):
         to_uint8(np.zeros((2, 8, 8)))
+
+
+def test_lora_of_another_architecture_is_refused_naming_the_file(tiny_lora_dir):
+    from diffusion_align.adapters.lora import LoraMismatchError
+    from diffusion_align.shapes import shipped_pipeline_path
+
+    with pytest.raises(LoraMismatchError, match="pytorch_lora_weights.safetensors"):
+        load_model(ModelSpec(str(shipped_pipeline_path()), lora=str(tiny_lora_dir)), "cpu")
