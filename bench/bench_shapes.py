@@ -28,7 +28,7 @@ METHODS = {
     "dpo_ipo": ["method=dpo_ipo"],
     "sft": ["method=sft", "reference=none"],
     "mapo": ["method=mapo", "reference=none"],
-    "smpo": ["method=smpo"],
+    "smpo": ["method=smpo", "method.noising=forward", "data.dataset.score_prefix=score"],  # ReNoise: issue 9
     "rankdpo": ["method=rankdpo", "data=ranked", "data.loader.batch_size=2"],
     "kto": ["method=kto", "data=unpaired"],
 }
