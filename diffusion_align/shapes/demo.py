@@ -127,6 +127,7 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path, trained: Path) -> Stage:
     started = time.perf_counter()
     ev = cfg.evaluate
     rewards = {name: build(node) for name, node in cfg.eval_rewards.items()}
+    stats = StatsSettings(confidence=ev.confidence, n_resamples=ev.n_resamples, seed=cfg.seed)
     results = evaluate_models(
         {"base": str(cfg.model.adapter.path), "aligned": aligned_model_spec(cfg, trained)},
         load_shapes_held_out(limit=ev.num_prompts, subset_seed=cfg.seed if ev.num_prompts else None),
@@ -136,10 +137,9 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path, trained: Path) -> Stage:
             samples_per_prompt=ev.samples_per_prompt, seed=cfg.seed + 1, num_inference_steps=ev.num_inference_steps,
             guidance_scale=ev.guidance_scale, height=IMAGE_SIZE, width=IMAGE_SIZE, batch_size=ev.batch_size,
         ),
-        stats=StatsSettings(confidence=ev.confidence, n_resamples=ev.n_resamples, seed=cfg.seed),
+        stats=stats,
         device=cfg.device,
     )
-    stats = StatsSettings(confidence=ev.confidence, n_resamples=ev.n_resamples, seed=cfg.seed)
     figures = {"means": results.summary(stats), "win_rates": [w.as_dict() for w in results.win_rates(stats)]}
     return Stage("evaluate", time.perf_counter() - started, figures)
 

@@ -164,8 +164,8 @@ def validate_checkpoint(path: str | Path) -> LoopState:
     for name in ("trainable.safetensors", "extra.safetensors"):
         if name == "trainable.safetensors" or (path / name).is_file():
             try:
-                with safe_open(path / name, framework="pt"):
-                    pass
+                with safe_open(path / name, framework="pt") as handle:
+                    handle.keys()  # opening parses the header; listing it proves the header is whole
             except (SafetensorError, OSError) as exc:
                 raise CheckpointError(f"{path / name}: not a readable safetensors file ({exc})") from exc
     for name in ("optimizer.pt", "scheduler.pt"):
