@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from diffusion_align.config import build
+from diffusion_align.io import write_atomic
 from reward_models.base import RewardModel
 from reward_models.ensemble import RewardEnsemble
 
@@ -144,17 +144,8 @@ def write_table_atomic(table: pa.Table, output: Path) -> Path:
     fmt = OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise ValueError(f"output {output}: expected a suffix in {sorted(OUTPUT_FORMATS)}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        if fmt == "parquet":
-            pq.write_table(table, temporary)
-        else:
-            pa_csv.write_csv(table, temporary)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return output
+    writers = {"parquet": pq.write_table, "csv": pa_csv.write_csv}
+    return write_atomic(output, lambda temporary: writers[fmt](table, temporary))
 
 
 def run(cfg: DictConfig) -> Path:

@@ -8,34 +8,20 @@ columns, each cell captioned with its scores: the picture people compare models 
 from __future__ import annotations
 
 import io
-import os
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from diffusion_align.io import write_atomic
+
 LINE_HEIGHT = 14  # pixels per caption line at FONT_SIZE
 FONT_SIZE = 11
 PADDING = 4  # pixels around captions
 COLUMN_GAP = 6  # white pixels right of every grid column
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` and rename the result onto ``path``: readers never see half a file.
-
-    (Tables go through :func:`reward_models.scoring.write_table_atomic`; this is for PNG, GIF, JSON and HTML.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def save_sample(pixels: np.ndarray, path: Path) -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from diffusion_align.evaluate.media import load_frames, write_atomic
+from diffusion_align.evaluate.media import load_frames
 from diffusion_align.evaluate.results import EvaluationResults
 from diffusion_align.evaluate.stats import WinRate
+from diffusion_align.io import write_atomic
 
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 

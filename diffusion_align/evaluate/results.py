@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from diffusion_align.evaluate.media import write_atomic
 from diffusion_align.evaluate.stats import StatsSettings, WinRate, mean_interval, win_rate
+from diffusion_align.io import write_atomic
 from reward_models.scoring import write_table_atomic
 
 SCORE_PREFIX = "score/"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from diffusion_align.io import temporary_path, write_atomic
 
 MANIFEST = "manifest.json"
 MARKERS = "shards"
@@ -73,23 +74,9 @@ def plan_shards(num_prompts: int, prompts_per_shard: int) -> list[Shard]:
     return [Shard(i, start, min(start + prompts_per_shard, num_prompts)) for i, start in enumerate(starts)]
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` unique to this host and process."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
 def replace_atomically(path: Path, write) -> Path:
     """Call ``write(temporary path)``, flush it to disk, then rename it to ``path``; the temporary never stays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, write, durable=True)
 
 
 def write_json(path: Path, payload: dict) -> Path:
