@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
+from diffusion_align.cluster import export_distributed_env
 from diffusion_align.config import register_resolvers
 
 CONFIG_PACKAGE = "pkg://diffusion_align.conf"
@@ -46,6 +47,7 @@ def usage() -> str:
 
 def _task(name: str, command: Command):
     def task(cfg: DictConfig) -> None:
+        export_distributed_env()  # a submitit job of several tasks: one accelerate process per task
         module_name, function_name = command.entry.split(":")
         result = getattr(importlib.import_module(module_name), function_name)(cfg)
         if isinstance(result, int) and result != 0:

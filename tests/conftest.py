@@ -110,3 +110,13 @@ def t5_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("t5_tokenizer")
     build_t5_tokenizer(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory) -> Path:
+    """16 tiny Pick-a-Pic-format pairs (32 px, no ties) for `diffalign train` runs, written once per session."""
+    from diffusion_align.testing.data import write_tiny_pairwise_parquet
+
+    directory = tmp_path_factory.mktemp("pairs")
+    write_tiny_pairwise_parquet(directory, n_rows=16, resolution=32, seed=0, ties=0)
+    return directory

@@ -11,7 +11,9 @@ Outputs in ``out_dir``::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +39,7 @@ from diffusion_align.evaluate.sampling import (
 )
 from diffusion_align.evaluate.scoring import as_rewards, score_results
 from diffusion_align.evaluate.stats import StatsSettings
+from diffusion_align.io import write_text_atomic
 from reward_models.base import RewardModel
 
 log = logging.getLogger(__name__)
@@ -159,14 +162,26 @@ def model_specs(cfg: DictConfig) -> dict[str, ModelSpec]:
 
 def run(cfg: DictConfig) -> Path:
     """``diffalign evaluate``: the composed ``conf/evaluate.yaml``; returns the output folder."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise RuntimeError(f"diffalign evaluate runs as one process per job, got WORLD_SIZE={world}: launch it "
+                           "without accelerate/torchrun (on SLURM: hydra.launcher.gpus_per_node=1)")
     out_dir = Path(cfg.output_dir)
     specs, prompts = model_specs(cfg), build(cfg.prompts)  # cheap checks first, then the reward models load
     settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("sampling", "stats", "report")}
     rewards = {name: build(node, device=cfg.reward_device) for name, node in cfg.rewards.items()}
-    evaluate_models(
+    results = evaluate_models(
         specs, prompts, rewards, out_dir,
         sampling=SamplingSettings(**settings["sampling"]), stats=StatsSettings(**settings["stats"]),
         report=ReportSettings(**settings["report"]), device=cfg.device, dtype=cfg.dtype,
         score_batch_size=cfg.score_batch_size, video_aggregate=cfg.video_aggregate,
     )
+    write_metrics(results, out_dir)
     return out_dir
+
+
+def write_metrics(results: EvaluationResults, out_dir: Path) -> Path:
+    """``metrics.json``: the per-model means and pairwise win rates of ``results.json`` without its rows."""
+    document = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    metrics = {"models": list(results.models), "summary": document["summary"], "win_rates": document["win_rates"]}
+    return write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=str))

@@ -8,17 +8,19 @@ and the final save (written beside its place and renamed into it, so a kill leav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from diffusion_align.adapters.base import cast_frozen
 from diffusion_align.adapters.lora import add_lora, save_lora
 from diffusion_align.config import ConfigError, build
+from diffusion_align.io import write_text_atomic
 from diffusion_align.reference import NoReference
 from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffusion_align.train.data import make_loader
@@ -62,6 +65,8 @@ class Run:
     out_dir: Path
     state: LoopState = field(default_factory=LoopState)
     checkpointed_step: int | None = None  # the step of the last checkpoint this process wrote
+    last_logs: dict = field(default_factory=dict)  # the metrics of the last logging interval (metrics.json)
+    started: float = field(default_factory=time.time)
     step_fault: str | None = None  # a non-finite value met in the optimizer step under way
 
 
@@ -80,6 +85,7 @@ def run(cfg: DictConfig) -> Path:
         log_with=list(trainer.report_to) or None,
         project_dir=str(out_dir),
     )
+    check_distributed_launch(accelerator)
     set_seed(cfg.seed)
     make_optimizer = build(trainer.optimizer)  # first: a missing optimizer package fails before any model loads
     adapter = build(cfg.model.adapter)
@@ -117,6 +123,7 @@ def run(cfg: DictConfig) -> Path:
     if signum is not None:
         interrupted = TrainingInterrupted(signum, r.state.step, checkpoint_dir(r))
         log.warning("%s", interrupted)
+        stop.hand_over()  # submitit's pre-emption signal: its handler requeues the job (and exits)
         raise interrupted
     return out_dir
 
@@ -294,6 +301,7 @@ def after_step(r: Run, averager: MetricAverager, progress) -> None:
         logs["train/lr"] = r.scheduler.get_last_lr()[0]
         progress.set_postfix(loss=f"{logs['train/loss']:.4f}", acc=f"{logs.get('train/rewards/accuracies', 0):.2f}")
         accelerator.log(logs, step=step)
+        r.last_logs = logs
     validation = trainer.validation
     if validation.every and validation.prompts and step % validation.every == 0 and accelerator.is_main_process:
         run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step)
@@ -327,11 +335,42 @@ def save_final(r: Run) -> None:
     else:
         save_pipeline_atomically(adapter.pipeline, out_dir / "pipeline")
     card = write_model_card(out_dir, cfg, r.state, adapter)
+    write_metrics(r)
     if cfg.trainer.validation.prompts:
         run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step)
         if cfg.model.finetune.mode == "lora":
             run_validation(cfg, r.accelerator, adapter, out_dir, r.state.step, base=True)
     log.info("trained %d steps; weights and model card in %s", r.state.step, card.parent)
+
+
+def write_metrics(r: Run) -> Path:
+    """``metrics.json``: steps done, wall time and the last logged averages (a sweep summary's row reads it)."""
+    metrics = {"step": r.state.step, "wall_time_s": round(time.time() - r.started, 3),
+               "processes": r.accelerator.num_processes, **r.last_logs}
+    return write_text_atomic(r.out_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
+
+
+SHARDED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
+def check_distributed_launch(accelerator: Accelerator) -> None:
+    """Refuse launches that would silently train the wrong thing.
+
+    * ``WORLD_SIZE`` > 1 but accelerate set up one process: on a machine without GPUs ``accelerate launch`` /
+      ``torchrun`` start independent copies unless ``ACCELERATE_USE_CPU=true`` selects gloo.
+    * Sharded engines (FSDP, DeepSpeed, Megatron): checkpoints and final weights are written from rank 0's
+      parameters and optimizer state, which these engines shard; use DDP (``conf/accelerate/multi_gpu.yaml``).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"launched as {world} processes (WORLD_SIZE={world}) but accelerate started no process group: without "
+            "GPUs set ACCELERATE_USE_CPU=true for gloo DDP, or launch one process")
+    if accelerator.distributed_type in SHARDED_TYPES:
+        raise RuntimeError(
+            f"accelerate distributed_type {accelerator.distributed_type.value} is not supported by diffalign train: "
+            "its checkpoints and final weights are saved from rank 0 and would miss the other ranks' shards; "
+            "use DDP (accelerate launch --config_file conf/accelerate/multi_gpu.yaml)")
 
 
 def save_pipeline_atomically(pipeline, directory: Path) -> None:

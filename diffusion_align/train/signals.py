@@ -9,6 +9,10 @@ lose the accumulated gradients), writes a checkpoint, and :func:`~diffusion_alig
 SIGINT: "stopped by a signal", so ``diffalign train ... && next-step`` does not go on) and prints no traceback. The
 same command resumes from that checkpoint. A second signal acts at once, as it would without this module (give the
 step time to finish: SLURM's ``--signal=B:TERM@120`` sends SIGTERM two minutes before the kill).
+
+Inside a submitit job (``hydra/launcher=slurm``) submitit's pre-emption / time-limit signal (``SIGUSR2``) is caught the
+same way; after the checkpoint, :meth:`StopSignals.hand_over` passes it on to submitit's own handler, which requeues
+the job; the requeued job resumes from the checkpoint (see :mod:`diffusion_align.cluster`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import logging
 import signal
 import threading
 from pathlib import Path
+
+from diffusion_align.cluster import preemption_signal
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +57,17 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._original: dict[int, object] = {}
+        preempt = preemption_signal()
+        self.signals = STOP_SIGNALS + ((preempt,) if preempt is not None else ())
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             log.info("training outside the main thread: SIGTERM/SIGINT stop it without a checkpoint")
             return self
-        for signum in STOP_SIGNALS:
+        for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._original = dict(self._previous)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -68,6 +78,16 @@ class StopSignals:
         self._restore()  # a second signal acts at once
         log.warning("received %s: the run stops after this optimizer step, with a checkpoint (send it again to "
                     "stop now, without one)", signal.Signals(signum).name)
+
+    def hand_over(self) -> None:
+        """Pass the received signal to the handler it displaced, if that was a function (submitit's requeue).
+
+        Call it after the checkpoint is written. SIGTERM/SIGINT displaced Python's defaults and are not passed on.
+        """
+        handler = self._original.get(self.received) if self.received is not None else None
+        if self.received not in STOP_SIGNALS and callable(handler):
+            log.info("handing %s over to %r (requeue)", signal.Signals(self.received).name, handler)
+            handler(self.received, None)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

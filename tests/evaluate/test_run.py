@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 
 import numpy as np
@@ -43,6 +44,9 @@ def test_cli_compares_base_and_lora_on_a_prompt_file(tiny_sd15_path, tiny_lora_d
     assert results.settings["prompt_set"] == "prompts.txt" and len(results.table) == 2 * 2 * 2
     assert {"report.html", "results.json", "results.parquet", "grids", "images"} <= {p.name for p in out_dir.iterdir()}
     assert not (out_dir / "plots").exists()
+    metrics = json.loads((out_dir / "metrics.json").read_text())  # what a sweep summary reads
+    assert metrics["models"] == ["base", "aligned"] and len(metrics["win_rates"]) == 2
+    assert {row["model"] for row in metrics["summary"]} == {"base", "aligned"}
     assert [(w.model, w.opponent, w.reward, w.n_pairs) for w in results.win_rates()] == [
         ("aligned", "base", "shapes", 4), ("aligned", "base", "pickscore", 4)]
 
@@ -50,6 +54,12 @@ def test_cli_compares_base_and_lora_on_a_prompt_file(tiny_sd15_path, tiny_lora_d
 def test_cli_without_a_pipeline_says_so(tmp_path):
     with pytest.raises(ValueError, match="models.base has no pipeline and `pipeline`"):
         evaluate_cli(tmp_path / "run", "pipeline=???", "evaluate/prompts=file", f"prompts.path={tmp_path / 'p.txt'}")
+
+
+def test_several_processes_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(RuntimeError, match="one process per job, got WORLD_SIZE=4"):
+        evaluate_cli(tmp_path / "run", "evaluate/prompts=file", f"prompts.path={tmp_path / 'p.txt'}")
 
 
 def test_video_models_are_compared_clip_by_clip(tiny_pipeline_path, clip_reward, tmp_path):

@@ -28,12 +28,3 @@ def train_cli(out_dir: Path, *overrides: str) -> Path:
 @pytest.fixture
 def run_train():
     return train_cli
-
-
-@pytest.fixture(scope="session")
-def tiny_pairs(tmp_path_factory) -> Path:
-    from diffusion_align.testing.data import write_tiny_pairwise_parquet
-
-    directory = tmp_path_factory.mktemp("pairs")
-    write_tiny_pairwise_parquet(directory, n_rows=16, resolution=32, seed=0, ties=0)
-    return directory

@@ -1,7 +1,8 @@
 """DDP through accelerate: 2 CPU processes (gloo) × 2 pairs end with the parameters of 1 process × 4 pairs.
 
-The processes are started by torchrun (the launcher accelerate itself uses for GPUs) with ``ACCELERATE_USE_CPU=true``,
-which is what makes accelerate pick gloo on CPU (``accelerate launch --cpu`` sets it too, but starts one process).
+The processes are started by ``accelerate launch --config_file conf/accelerate/multi_gpu.yaml --num_processes 2``
+(the shipped multi-GPU config; accelerate starts them through torchrun) with ``ACCELERATE_USE_CPU=true``, which is
+what makes accelerate use gloo on CPU (``accelerate launch --cpu`` sets it too, but starts one process).
 
 Noise, timesteps and posterior samples are seeded per dataset row, and accelerate shards each global batch across the
 processes, so the two runs see the same rows with the same randomness; DDP averages the gradients.
@@ -12,9 +13,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.resources import files
+from types import SimpleNamespace
 
+import pytest
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
+
+from diffusion_align.train.loop import check_distributed_launch
 
 
 def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train, tiny_pairs, tmp_path):
@@ -22,8 +29,9 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train,
               "trainer.max_grad_norm=0", "debug=tiny"]
     single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
+    config = files("diffusion_align.conf") / "accelerate" / "multi_gpu.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           "--main_process_port", "29517", "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
     assert done.returncode == 0, done.stderr[-4000:]
     a = load_file(single / "pytorch_lora_weights.safetensors")
@@ -31,3 +39,18 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train,
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
+    """torchrun / accelerate on a machine without GPUs and without ACCELERATE_USE_CPU: independent copies."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=true"):
+        check_distributed_launch(alone)
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_sharded_engines_are_refused_before_training(monkeypatch, kind):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=f"{kind.value}.*use DDP"):
+        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=kind))
