@@ -19,6 +19,7 @@ from diffusion_align.sweep import (
     SUMMARY_JSON,
     collect,
     flatten,
+    job_metrics,
     parse_override,
     to_jsonable,
     write_summary,
@@ -39,6 +40,13 @@ def test_to_jsonable_handles_dataclasses_paths_and_non_finite_numbers():
 def test_flatten_joins_keys_and_indexes_lists_of_records():
     tree = {"train/loss": 0.5, "summary": [{"model": "base", "mean": 0.3}], "shape": [1, 2]}
     assert flatten(tree) == {"train/loss": 0.5, "summary.0.model": "base", "summary.0.mean": 0.3, "shape": "[1, 2]"}
+
+
+def test_job_metrics_reads_a_returned_summary_or_the_metrics_file(tmp_path):
+    assert job_metrics(_Stats(mean=0.5, path=tmp_path), tmp_path) == {"mean": 0.5, "path": str(tmp_path)}  # generate
+    assert job_metrics(tmp_path, tmp_path) == {}
+    (tmp_path / "metrics.json").write_text('{"step": 7}')  # train, evaluate
+    assert job_metrics(tmp_path, tmp_path) == {"step": 7}
 
 
 @pytest.mark.parametrize(("override", "expected"), [
