@@ -28,7 +28,8 @@ METHODS = {
     "dpo_ipo": ["method=dpo_ipo"],
     "sft": ["method=sft", "reference=none"],
     "mapo": ["method=mapo", "reference=none"],
-    "smpo": ["method=smpo", "method.noising=forward", "data.dataset.score_prefix=score"],  # ReNoise: issue 9
+    "smpo": ["method=smpo", "data.dataset.score_prefix=score"],  # ReNoise inversion, smoothed proxy preferences
+    "inpo": ["method=inpo"],  # DDIM inversion + 0.1 noise, plain DPO
     "rankdpo": ["method=rankdpo", "data=ranked", "data.loader.batch_size=2"],
     "kto": ["method=kto", "data=unpaired"],
 }

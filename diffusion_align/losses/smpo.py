@@ -8,8 +8,8 @@ with a per-pair scale from a reward-model preference probability p::
 
 so the effective β multiplier ``10·(2p - 1)`` is 1 at ``p = 0.55`` (plain DPO). The authors' code applies the first
 example's p to the whole batch (``batch['probs'][0]``, harmless at their bs = 1); we use each pair's own p.
-SmPO's second ingredient, ReNoise inversion instead of forward noising, lives in the noising module
-(``noising: renoise_inversion`` in ``conf/method/smpo.yaml``).
+SmPO's second ingredient, ReNoise inversion instead of forward noising, lives in
+:mod:`diffusion_align.noising` (``noising: renoise_inversion`` in ``conf/method/smpo.yaml``).
 """
 
 from __future__ import annotations

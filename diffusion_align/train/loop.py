@@ -30,6 +30,7 @@ from diffusion_align.adapters.base import cast_frozen
 from diffusion_align.adapters.lora import add_lora, save_lora
 from diffusion_align.config import ConfigError, build
 from diffusion_align.io import write_text_atomic
+from diffusion_align.noising import make_noising
 from diffusion_align.reference import NoReference
 from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffusion_align.train.data import make_loader
@@ -199,8 +200,17 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
 def make_method(cfg: DictConfig, adapter) -> StepInputs:
     """The loss and samplers of ``conf/method/<name>.yaml`` and ``conf/timesteps/<name>.yaml``."""
     method = cfg.method
-    if method.noising != "forward":
-        raise ConfigError(f"method.noising '{method.noising}': only 'forward' noising is available in the offline loop")
+    try:
+        noising = make_noising(method.noising, num_steps=method.get("inversion_steps", 10),
+                               eta=method.get("inversion_eta"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if noising is not None and not (adapter.schedule.kind == "discrete"
+                                    and adapter.noise_scheduler.config.prediction_type == "epsilon"):
+        raise ConfigError(
+            f"method.noising '{method.noising}' inverts with an ε-prediction model on a discrete schedule; "
+            f"{type(adapter).__name__} has a {adapter.schedule.kind} schedule predicting "
+            f"{adapter.noise_scheduler.config.get('prediction_type', 'flow velocity')}: use method.noising=forward")
     if method.inputs not in ("pairwise", "ranked", "unpaired", "segments"):
         raise ConfigError(f"method.inputs '{method.inputs}' is not an offline kind (the step-level loop is separate)")
     timesteps = cfg.timesteps
@@ -213,6 +223,7 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
         else build(timesteps.weight, schedule=adapter.schedule, noise_scheduler=adapter.noise_scheduler),
         label_fn=None if method.get("label_fn") is None else build(method.label_fn),
         timesteps_arg=method.get("timesteps_arg"),
+        noising=noising,
     )
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from diffusion_align.adapters.base import DiffusionAdapter
 from diffusion_align.losses import per_sample_error
+from diffusion_align.noising import InvertedLatents
 from diffusion_align.types import LossOutput, PreferenceBatch
 
 TimestepSampler = Callable[..., Tensor]
@@ -35,6 +36,8 @@ class StepInputs:
         label_fn: optional ``(scores_0, scores_1) -> [B]`` pairwise label from candidate scores (SmPO).
         timesteps_arg: keyword under which the loss receives the per-row timesteps ``[B]`` (Flow-DPO's β(1-σ)²
             schedule takes them as ``sigmas``); ``None`` for losses that do not look at timesteps.
+        noising: ``None`` for forward noising, else an inversion ``(eps_fn, x0, t, alphas_cumprod, generator=)`` ->
+            :class:`~diffusion_align.noising.InvertedLatents` (SmPO's ReNoise, InPO's DDIM; ``method.noising``).
     """
 
     loss_fn: Callable[..., LossOutput]
@@ -43,6 +46,7 @@ class StepInputs:
     weight_fn: Callable[[Tensor], Tensor] | None = None
     label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     timesteps_arg: str | None = None
+    noising: Callable[..., InvertedLatents] | None = None
 
 
 def row_seeds(indices: Tensor, epoch: int, seed: int) -> list[int]:
@@ -63,24 +67,25 @@ def _randn_rows(shape: tuple[int, ...], generators: list[torch.Generator], devic
     return torch.cat([randn_tensor((1, *shape), generator=g, device=device, dtype=torch.float32) for g in generators])
 
 
-def training_latents(adapter: DiffusionAdapter, batch: PreferenceBatch, generators: list[torch.Generator]) -> Tensor:
-    """``[B, K, ...]`` latents: one posterior sample per candidate, from the cache or the VAE on the fly."""
+def training_latents(
+    adapter: DiffusionAdapter, batch: PreferenceBatch, generators: list[torch.Generator], device: torch.device
+) -> Tensor:
+    """``[B, K, ...]`` latents on ``device``: one posterior sample per candidate, from the cache or the VAE."""
     if batch.latent_mean is not None:
         mean, std = batch.latent_mean, batch.latent_std
     else:
         pixels = batch.pixel_values
         mean, std = adapter.vae_posterior(pixels.flatten(0, 1))
         mean, std = mean.unflatten(0, pixels.shape[:2]), std.unflatten(0, pixels.shape[:2])
-    device = adapter.device
     mean, std = mean.to(device, torch.float32), std.to(device, torch.float32)
     eps = _randn_rows(mean.shape[1:], generators, device)
     return adapter.scale_latents(mean + std * eps)
 
 
-def conditioning(adapter: DiffusionAdapter, batch: PreferenceBatch, k: int) -> dict[str, Tensor]:
+def conditioning(adapter: DiffusionAdapter, batch: PreferenceBatch, k: int, device: torch.device) -> dict[str, Tensor]:
     """Text conditioning for the ``B·K`` flattened samples (each prompt repeated for its K candidates)."""
     cond = batch.prompt_embeds if batch.prompt_embeds is not None else adapter.encode_prompts(batch.prompts)
-    return {name: v.to(adapter.device).repeat_interleave(k, dim=0) for name, v in cond.items()}
+    return {name: v.to(device).repeat_interleave(k, dim=0) for name, v in cond.items()}
 
 
 def preference_step(
@@ -103,16 +108,20 @@ def preference_step(
         epoch, seed: with ``batch.index``, seed every random draw of each row.
         policy: the module to run as the policy (the accelerate-wrapped denoiser); defaults to ``adapter.denoiser``.
     """
-    generators = row_generators(row_seeds(batch.index, epoch, seed), adapter.device)
-    latents = training_latents(adapter, batch, generators)  # [B, K, ...]
+    device = adapter.device  # once: a diffusers model walks its modules to answer (~7 ms for SD1.5's UNet)
+    generators = row_generators(row_seeds(batch.index, epoch, seed), device)
+    latents = training_latents(adapter, batch, generators, device)  # [B, K, ...]
     b, k = latents.shape[:2]
-    noise = _randn_rows(latents.shape[2:], generators, adapter.device)  # shared by the K candidates of a row
-    t = torch.cat([method.sample_timesteps(1, generator=g, device=adapter.device) for g in generators])
+    noise = _randn_rows(latents.shape[2:], generators, device)  # shared by the K candidates of a row
+    t = torch.cat([method.sample_timesteps(1, generator=g, device=device) for g in generators])
     flat_t = t.repeat_interleave(k)
     flat_latents, flat_noise = latents.flatten(0, 1), noise.repeat_interleave(k, dim=0)
-    noisy = adapter.add_noise(flat_latents, flat_noise, flat_t)
-    target = adapter.target(flat_latents, flat_noise, flat_t)
-    cond = conditioning(adapter, batch, k)
+    cond = conditioning(adapter, batch, k, device)
+    if method.noising is None:
+        noisy = adapter.add_noise(flat_latents, flat_noise, flat_t)
+        target = adapter.target(flat_latents, flat_noise, flat_t)
+    else:
+        noisy, target = inverted_inputs(adapter, method, latents, t, cond, generators, policy)
     pred = adapter.predict(noisy, flat_t, cond, denoiser=policy)
     # segment losses (DenseDPO): the latent frames split into as many segments as the data labels
     segments = batch.segment_label.shape[1] if method.inputs == "segments" else None
@@ -124,6 +133,37 @@ def preference_step(
     out = call_loss(method, err, ref_err, batch, weights, extra)
     out.metrics["timesteps/mean"] = t.detach().float().mean()
     return out
+
+
+def inverted_inputs(
+    adapter: DiffusionAdapter,
+    method: StepInputs,
+    latents: Tensor,
+    t: Tensor,
+    cond: dict[str, Tensor],
+    generators: list[torch.Generator],
+    policy: nn.Module | None,
+) -> tuple[Tensor, Tensor]:
+    """Flattened ``[B·K, ...]`` noisy latents and ε targets from inverting each row's K candidates at its timestep.
+
+    The policy inverts (adapters on, no gradient, the row's own prompt, no guidance), as SmPO's and InPO's code do;
+    a row is inverted on its own, with its own timestep and generator, so the row-seeding contract holds (the
+    authors share one timestep per step with one pair per GPU, which this equals).
+    """
+    b, k = latents.shape[:2]
+    alphas = adapter.noise_scheduler.alphas_cumprod
+    noisy, target = [], []
+    for row in range(b):
+        rows = slice(row * k, (row + 1) * k)
+        row_cond = {name: value[rows] for name, value in cond.items()}
+
+        def eps_fn(z: Tensor, timesteps: Tensor, row_cond=row_cond) -> Tensor:
+            return adapter.predict(z, timesteps, row_cond, denoiser=policy)
+
+        inverted = method.noising(eps_fn, latents[row], int(t[row]), alphas, generator=generators[row])
+        noisy.append(inverted.noisy)
+        target.append(inverted.target)
+    return torch.cat(noisy), torch.cat(target)
 
 
 def call_loss(

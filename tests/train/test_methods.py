@@ -23,8 +23,9 @@ PAIRWISE = {
     "dpo_ipo": [],
     "sft": [],
     "mapo": [],
-    # SmPO's own noising is ReNoise inversion (issue 9); its loss and smoothed label run here on forward noising.
-    "smpo": ["method.noising=forward"],
+    # their own noising: ReNoise inversion (SmPO, 5 steps) and DDIM inversion + 0.1 noise (InPO, 10 steps)
+    "smpo": [],
+    "inpo": [],
 }
 
 
@@ -58,6 +59,15 @@ def test_dpo_trains_from_the_latent_cache(run_train, tiny_pairs, tmp_path):
     out = run_train(tmp_path / "cached", f"data.dataset.paths={tiny_pairs}", "data.cache.enabled=true")
     assert_trained(out)
     assert any((out / "cache").glob("*.safetensors"))
+
+
+def test_inversion_needs_an_epsilon_model_on_a_discrete_schedule(run_train, tiny_pairs, tmp_path):
+    from diffusion_align.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.noising 'renoise_inversion' inverts with an ε-prediction model"):
+        run_train(tmp_path / "flow", "model=tiny_sd3", "method=smpo", f"data.dataset.paths={tiny_pairs}")
+    with pytest.raises(ConfigError, match="method.noising 'sde': expected one of forward, ddim_inversion"):
+        run_train(tmp_path / "bad", "method=dpo", "method.noising=sde", f"data.dataset.paths={tiny_pairs}")
 
 
 def test_step_level_methods_are_refused_by_the_offline_loop(run_train, tiny_pairs, tmp_path):

@@ -131,3 +131,58 @@ def test_same_row_sees_same_noise_whatever_its_batch(tiny_sd15_path, tiny_pairs)
     together = preference_step(adapter, NoReference(), StepInputs(mapo_loss, inputs.sample_timesteps),
                                collate_preference([dataset[2], dataset[4]]), epoch=0, seed=0)
     torch.testing.assert_close(alone.losses[0], together.losses[1], rtol=1e-5, atol=1e-6)
+
+
+def renoise_dpo_loss(adapter: SDAdapter, batch, beta: float) -> torch.Tensor:
+    """SmPO's ReNoise inversion (METHODS.md §3, 5 steps) written out per row, then the Salesforce DPO loss."""
+    unet, vae = adapter.denoiser, adapter.pipeline.vae
+    alphas = adapter.noise_scheduler.alphas_cumprod
+    text = adapter.pipeline.text_encoder(
+        adapter.pipeline.tokenizer(batch.prompts, padding="max_length", max_length=77, truncation=True,
+                                   return_tensors="pt").input_ids)[0]
+    diffs, ref_diffs = [], []
+    for row, (seed, pixels) in enumerate(zip(row_seeds(batch.index, EPOCH, SEED), batch.pixel_values)):
+        gen = torch.Generator().manual_seed(seed)
+        dist = vae.encode(pixels).latent_dist
+        x0 = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)) * vae.config.scaling_factor
+        torch.randn(x0.shape[1:], generator=gen)  # the forward noise the step draws (unused by inversion)
+        t_train = int(torch.randint(0, 1000, (1,), generator=gen))
+        cond = text[row : row + 1].repeat(2, 1, 1)
+        z = x0.clone()
+        with torch.no_grad():
+            for t in (-199, 1, 201, 401, 601):
+                if t >= t_train:
+                    break
+                a_t, a_n = alphas[max(t, 0)], alphas[t + 200]
+                ts = torch.full((2,), t)
+
+                def step(eps, z=z, a_t=a_t, a_n=a_n):
+                    return a_n.sqrt() * (z - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_n).sqrt() * eps
+
+                e1 = unet(z, ts, cond).sample
+                z = step((e1 + unet(step(e1), ts, cond).sample) / 2)
+        target = (z - alphas[t_train].sqrt() * x0) / (1 - alphas[t_train]).sqrt()
+        ts = torch.full((2,), t_train)
+        losses = (unet(z, ts, cond).sample - target).pow(2).mean(dim=[1, 2, 3])
+        with torch.no_grad():
+            unet.disable_adapters()
+            ref = (unet(z, ts, cond).sample - target).pow(2).mean(dim=[1, 2, 3])
+            unet.enable_adapters()
+        diffs.append(losses[0] - losses[1])
+        ref_diffs.append(ref[0] - ref[1])
+    inside = -0.5 * beta * (torch.stack(diffs) - torch.stack(ref_diffs))
+    return -F.logsigmoid(inside).mean()
+
+
+def test_renoise_inversion_step_equals_the_formula_written_out(tiny_sd15_path, batch):
+    from diffusion_align.noising import make_noising
+
+    adapter = lora_adapter(tiny_sd15_path)
+    beta = 100.0
+    expected = renoise_dpo_loss(adapter, batch, beta)
+    inputs = StepInputs(functools.partial(diffusion_dpo_loss, beta=beta), dpo_inputs().sample_timesteps,
+                        noising=make_noising("renoise_inversion", num_steps=5))
+    out = preference_step(adapter, LoraDisabledReference(adapter), inputs, batch, epoch=EPOCH, seed=SEED)
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-5)
+    forward = preference_step(adapter, LoraDisabledReference(adapter), dpo_inputs(), batch, epoch=EPOCH, seed=SEED)
+    assert abs(float(out.metrics["mse/policy_chosen"] - forward.metrics["mse/policy_chosen"])) > 1e-3
