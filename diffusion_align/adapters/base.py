@@ -63,6 +63,39 @@ class DiffusionAdapter(Protocol):
         """Run ``denoiser`` (the policy by default) on a batch; returns the prediction in the target's layout."""
 
 
+class PipelineAdapter:
+    """What every family shares: the device follows the trained network, and the frozen modules are the pipeline's
+    VAE and those of its text encoders (``TEXT_ENCODERS``) that are loaded (SD3 may come without T5).
+
+    The loop moves the frozen modules to the device in the weight dtype; they are never trained here.
+    """
+
+    TEXT_ENCODERS: tuple[str, ...] = ("text_encoder",)
+    pipeline: object
+    denoiser: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        modules = {"vae": self.pipeline.vae}
+        for name in self.TEXT_ENCODERS:
+            encoder = getattr(self.pipeline, name)
+            if encoder is not None:
+                modules[name] = encoder
+        return modules
+
+
+@torch.no_grad()
+def t5_prompt_embeds(pipeline, prompts: list[str], max_sequence_length: int) -> dict[str, Tensor]:
+    """``{"prompt_embeds": [N, L, D]}`` from a video pipeline's own ``encode_prompt`` (Wan's UMT5, CogVideoX's T5)."""
+    embeds, _ = pipeline.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                       max_sequence_length=max_sequence_length, device=pipeline.text_encoder.device)
+    return {"prompt_embeds": embeds}
+
+
 @contextlib.contextmanager
 def adapters_disabled(denoiser: nn.Module) -> Iterator[None]:
     """Run ``denoiser`` without its LoRA adapters (diffusers' PeftAdapterMixin), restoring them afterwards."""

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from diffusion_align.adapters.base import (
     NoiseSchedule,
+    PipelineAdapter,
     check_sigmas,
     flow_noisy,
     flow_velocity,
@@ -35,7 +36,7 @@ from diffusion_align.adapters.base import (
 )
 
 
-class SD3Adapter:
+class SD3Adapter(PipelineAdapter):
     """Stable Diffusion 3 / 3.5: ``SD3Transformer2DModel`` on CLIP-L + CLIP-G + T5 text, rectified flow.
 
     Args:
@@ -44,6 +45,8 @@ class SD3Adapter:
         max_sequence_length: T5 tokens per prompt. Default 256, the pipeline's inference default, so
             training sees the conditioning inference sees (diffusers' SD3 script trains with 77).
     """
+
+    TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
     family = "sd3"
     pipeline_class = StableDiffusion3Pipeline
@@ -72,19 +75,6 @@ class SD3Adapter:
         """Load the pipeline from a hub id or a local directory."""
         pipeline = cls.pipeline_class.from_pretrained(str(path), revision=revision, variant=variant)
         return cls(pipeline, resolution, max_sequence_length=max_sequence_length)
-
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        """VAE and the text encoders present (SD3 may be loaded without T5: ``text_encoder_3=None``)."""
-        p = self.pipeline
-        modules = {"vae": p.vae, "text_encoder": p.text_encoder, "text_encoder_2": p.text_encoder_2}
-        if p.text_encoder_3 is not None:
-            modules["text_encoder_3"] = p.text_encoder_3
-        return modules
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
@@ -145,7 +135,7 @@ class PixArtLoraTransformer2DModel(PixArtTransformer2DModel, PeftAdapterMixin):
     """
 
 
-class PixArtAdapter:
+class PixArtAdapter(PipelineAdapter):
     """PixArt-α: ``PixArtTransformer2DModel`` (DiT, adaLN-single) on T5 text, DDPM ε with learned σ.
 
     The transformer outputs ε and a variance interpolation (``out_channels = 2 × latent channels``); training
@@ -223,14 +213,6 @@ class PixArtAdapter:
         )
         pipeline = cls.pipeline_class.from_pretrained(str(path), transformer=transformer, **options)
         return cls(pipeline, resolution, max_sequence_length=max_sequence_length, clean_caption=clean_caption)
-
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from diffusion_align.adapters.base import (
     NoiseSchedule,
+    PipelineAdapter,
     check_sigmas,
     flow_noisy,
     flow_velocity,
@@ -28,7 +29,7 @@ from diffusion_align.adapters.base import (
 )
 
 
-class FluxAdapter:
+class FluxAdapter(PipelineAdapter):
     """Flux.1: ``FluxTransformer2DModel`` (double- and single-stream blocks) on CLIP pooled + T5 text.
 
     Args:
@@ -38,6 +39,8 @@ class FluxAdapter:
             None for a transformer without guidance embedding (schnell).
         max_sequence_length: T5 tokens per prompt: 512, the pipeline's inference default and the script's.
     """
+
+    TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
     family = "flux"
     pipeline_class = FluxPipeline
@@ -87,15 +90,6 @@ class FluxAdapter:
         pipeline = cls.pipeline_class.from_pretrained(str(path), revision=revision, variant=variant)
         options = {"guidance_scale": guidance_scale, "max_sequence_length": max_sequence_length}
         return cls(pipeline, resolution, **options)
-
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        p = self.pipeline
-        return {"vae": p.vae, "text_encoder": p.text_encoder, "text_encoder_2": p.text_encoder_2}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:

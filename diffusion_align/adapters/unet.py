@@ -12,10 +12,10 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import NoiseSchedule, image_posterior
+from diffusion_align.adapters.base import NoiseSchedule, PipelineAdapter, image_posterior
 
 
-class SDAdapter:
+class SDAdapter(PipelineAdapter):
     """Stable Diffusion 1.x / 2.x: ``UNet2DConditionModel`` conditioned on CLIP hidden states.
 
     Args:
@@ -46,15 +46,6 @@ class SDAdapter:
         if cls.pipeline_class is StableDiffusionPipeline:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         return cls(cls.pipeline_class.from_pretrained(str(path), **kwargs), resolution)
-
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        """Modules never trained here (VAE, text encoders): the loop moves them to the device in weight dtype."""
-        return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
@@ -96,11 +87,7 @@ class SDXLAdapter(SDAdapter):
 
     family = "sdxl"
     pipeline_class = StableDiffusionXLPipeline
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        p = self.pipeline
-        return {"vae": p.vae, "text_encoder": p.text_encoder, "text_encoder_2": p.text_encoder_2}
+    TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:

@@ -22,7 +22,14 @@ import torch
 from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, FlowMatchEulerDiscreteScheduler, WanPipeline
 from torch import Tensor, nn
 
-from diffusion_align.adapters.base import NoiseSchedule, check_sigmas, flow_noisy, flow_velocity
+from diffusion_align.adapters.base import (
+    NoiseSchedule,
+    PipelineAdapter,
+    check_sigmas,
+    flow_noisy,
+    flow_velocity,
+    t5_prompt_embeds,
+)
 
 
 def _video_posterior(vae: nn.Module, pixels: Tensor, owner: str) -> tuple[Tensor, Tensor]:
@@ -33,7 +40,7 @@ def _video_posterior(vae: nn.Module, pixels: Tensor, owner: str) -> tuple[Tensor
     return dist.mean, dist.std
 
 
-class WanAdapter:
+class WanAdapter(PipelineAdapter):
     """Wan 2.1 text-to-video: ``WanTransformer3DModel`` on UMT5 text, rectified flow on ``[N, 16, f, h, w]``.
 
     Args:
@@ -75,24 +82,9 @@ class WanAdapter:
         pipeline = cls.pipeline_class.from_pretrained(str(path), revision=revision, variant=variant)
         return cls(pipeline, resolution, max_sequence_length=max_sequence_length)
 
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder}
-
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
         """``prompt_embeds [N, 512, 4096]``: the pipeline's UMT5 states, zero past each prompt's length."""
-        embeds, _ = self.pipeline.encode_prompt(
-            prompts,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.max_sequence_length,
-            device=self.pipeline.text_encoder.device,
-        )
-        return {"prompt_embeds": embeds}
+        return t5_prompt_embeds(self.pipeline, prompts, self.max_sequence_length)
 
     @torch.no_grad()
     def vae_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -130,7 +122,7 @@ class WanAdapter:
         )[0]
 
 
-class CogVideoXAdapter:
+class CogVideoXAdapter(PipelineAdapter):
     """CogVideoX 2B / 5B (and 1.5 where its temporal patch divides the latent frames): v-prediction, T5 text.
 
     Args:
@@ -167,24 +159,9 @@ class CogVideoXAdapter:
         pipeline = cls.pipeline_class.from_pretrained(str(path), revision=revision, variant=variant)
         return cls(pipeline, resolution)
 
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.device
-
-    @property
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder}
-
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
         """``prompt_embeds [N, 226, 4096]``: T5 states padded to the transformer's fixed text length."""
-        embeds, _ = self.pipeline.encode_prompt(
-            prompts,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.max_sequence_length,
-            device=self.pipeline.text_encoder.device,
-        )
-        return {"prompt_embeds": embeds}
+        return t5_prompt_embeds(self.pipeline, prompts, self.max_sequence_length)
 
     @torch.no_grad()
     def vae_posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
