@@ -58,7 +58,10 @@ def test_slurm_preset_defaults_one_task_per_gpu(tmp_path):
 
 def _submitit_task_env(monkeypatch, rank: int, tasks: int) -> None:
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+        # set, then delete: monkeypatch records the variable and removes what export() writes at teardown
+        # (a WORLD_SIZE left behind would make every later in-process training wait for a process group)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
     monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", str(tasks))

@@ -7,9 +7,11 @@ family; the sweep presets compose in multirun form and one real 2 x 2 multirun t
 
 from __future__ import annotations
 
+import csv
 import importlib
 import importlib.resources
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,7 @@ GROUP_PRIMARY = {
 }
 # train.yaml's defaults list has no `experiment` entry: presets are appended (`+experiment=name`), after every group.
 APPENDED_GROUPS = {"experiment"}
-EXPECTED_FILE_COUNT = 74  # YAML files under conf/ outside hydra/: update when adding one (and check it is covered)
+EXPECTED_FILE_COUNT = 74  # YAML files under conf/ outside hydra/ and accelerate/: update when adding one (and check it is covered)
 BITSANDBYTES_MISSING = importlib.util.find_spec("bitsandbytes") is None
 
 
@@ -55,7 +57,8 @@ train_cli = _load_train_cli()
 
 
 def conf_files() -> list[Path]:
-    return sorted(p for p in CONF_DIR.rglob("*.yaml") if p.relative_to(CONF_DIR).parts[0] != "hydra")
+    """The hydra config tree: hydra/ holds hydra's own groups, accelerate/ holds `accelerate launch` config files."""
+    return sorted(p for p in CONF_DIR.rglob("*.yaml") if p.relative_to(CONF_DIR).parts[0] not in ("hydra", "accelerate"))
 
 
 def group_of(path: Path) -> str:
@@ -303,6 +306,16 @@ def test_sweep_preset_lists_options_that_exist(name):
             assert leaf in OmegaConf.select(preset, parent), f"{name}: {key} is not a config key"
 
 
+def test_accelerate_configs_are_accelerate_launch_configs():
+    """conf/accelerate/*.yaml are read by `accelerate launch --config_file` (accelerate's own schema), not hydra."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    files = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
+    assert [p.name for p in files] == ["multi_gpu.yaml"]
+    config = load_config_from_file(str(files[0]))
+    assert (config.distributed_type, config.num_machines, config.use_cpu) == ("MULTI_GPU", 1, False)
+
+
 def test_sweep_methods_lists_offline_pairwise_methods():
     for method in compose_experiment("sweep_methods").hydra.sweeper.params.method.split(","):
         spec = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml")
@@ -334,3 +347,13 @@ def test_multirun_over_methods_and_beta_trains_four_jobs(tiny_data, tmp_path, mo
         ran = OmegaConf.load(job / ".hydra" / "config.yaml")
         runs.add((ran.method.name, ran.method.loss.beta))
     assert runs == {("dpo", 0.1), ("dpo", 5000), ("mapo", 0.1), ("mapo", 5000)}
+    # the sweep summary (diffusion_align/sweep.py): one row per job, overrides as columns, final metrics
+    with (sweep_dir / "sweep_summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["job"], row["method"], row["method.loss.beta"], row["status"]) for row in rows] == [
+        ("0", "dpo", "0.1", "completed"), ("1", "dpo", "5000", "completed"),
+        ("2", "mapo", "0.1", "completed"), ("3", "mapo", "5000", "completed")]
+    for row, job in zip(rows, jobs, strict=True):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert row["step"] == str(metrics["step"]) and float(row["train/loss"]) == metrics["train/loss"]
+    assert {"train/rewards/accuracies", "train/mapo/or_loss"} <= set(rows[0])  # dpo and mapo metrics side by side
