@@ -19,11 +19,11 @@ from pathlib import Path
 
 import open_clip
 import torch
-from PIL import Image
 from torch import Tensor
 
-from reward_models.base import ClipRewardModel, as_dtype
+from reward_models.base import as_dtype
 from reward_models.loading import load_state_dict_file, load_state_dict_strict, read_json
+from reward_models.open_clip_base import OpenClipReward
 from reward_models.preprocessing import ClipPreprocessing
 
 HPS_ARCHITECTURE = "ViT-H-14"
@@ -54,7 +54,7 @@ def load_hps_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
     return content["state_dict"]
 
 
-class HPSReward(ClipRewardModel):
+class HPSReward(OpenClipReward):
     """Human Preference Score v2 / v2.1: ``multiplier × cosine(text, image)``.
 
     Args:
@@ -90,16 +90,6 @@ class HPSReward(ClipRewardModel):
         self.multiplier = multiplier
         self.to(device=device, dtype=as_dtype(dtype))
         self.freeze()
-
-    def pixel_values_from_pil(self, images: list[Image.Image]) -> Tensor:
-        return torch.stack([self.preprocess_val(image) for image in images])
-
-    def embed_pixel_values(self, pixel_values: Tensor) -> Tensor:
-        return self.clip.encode_image(pixel_values, normalize=True)
-
-    def text_embeddings(self, prompts: list[str]) -> Tensor:
-        """L2-normalised text embeddings ``[n, D]`` (open_clip tokenizer: 77 tokens, zero-padded)."""
-        return self.clip.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
 
     def reward_from_embeddings(self, image_embeddings: Tensor, prompts: list[str] | None) -> Tensor:
         text = self.text_embeddings(prompts).to(image_embeddings.dtype)

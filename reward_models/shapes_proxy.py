@@ -25,12 +25,12 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
-from PIL import Image
 from torch import Tensor
 
 from diffusion_align.shapes import world
-from reward_models.base import ClipRewardModel, as_dtype
+from reward_models.base import as_dtype
 from reward_models.loading import load_state_dict_file, load_state_dict_strict, read_json, require_local_dir
+from reward_models.open_clip_base import OpenClipReward
 from reward_models.preprocessing import ClipPreprocessing
 
 PROXY_CONFIG_FILE = "open_clip_config.json"
@@ -54,7 +54,7 @@ def read_proxy_config(directory: Path) -> tuple[dict, PreprocessCfg]:
     return config["model_cfg"], PreprocessCfg(**config["preprocess_cfg"])
 
 
-class ShapesProxyReward(ClipRewardModel):
+class ShapesProxyReward(OpenClipReward):
     """Tiny-CLIP proxy reward of the Shapes world: ``logit_scale × cosine(text, image)``.
 
     Args:
@@ -93,16 +93,6 @@ class ShapesProxyReward(ClipRewardModel):
     def logit_scale(self) -> float:
         """The learned multiplier of the cosine (``exp`` of the stored log scale)."""
         return float(self.clip.logit_scale.exp())
-
-    def pixel_values_from_pil(self, images: list[Image.Image]) -> Tensor:
-        return torch.stack([self.preprocess_val(image) for image in images])
-
-    def embed_pixel_values(self, pixel_values: Tensor) -> Tensor:
-        return self.clip.encode_image(pixel_values, normalize=True)
-
-    def text_embeddings(self, prompts: list[str]) -> Tensor:
-        """L2-normalised text embeddings ``[n, D]`` (CLIP BPE, the config's context length, zero-padded)."""
-        return self.clip.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
 
     def reward_from_embeddings(self, image_embeddings: Tensor, prompts: list[str] | None) -> Tensor:
         text = self.text_embeddings(prompts).to(image_embeddings.dtype)
