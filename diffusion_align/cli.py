@@ -29,6 +29,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("fine-tune a diffusers model on preference data with any method", "diffusion_align.train.loop:run"),
+    "train-lrm": Command("train LPO's latent reward model (noisy-latent reward from the UNet) on pairwise data",
+                         "diffusion_align.lrm:run"),
     "generate": Command("generate a ranked preference dataset (Syn-Pic style) as Parquet", "diffusion_align.generate.run:run"),
     "score": Command("score images (folder or Parquet) with reward models", "reward_models.scoring:run"),
     "evaluate": Command("compare models side by side: win rates, grids, HTML report", "diffusion_align.evaluate.run:run"),

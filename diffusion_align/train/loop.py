@@ -40,6 +40,7 @@ from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_non
 from diffusion_align.train.options import check_trainer_config
 from diffusion_align.train.signals import StopSignals, TrainingInterrupted
 from diffusion_align.train.step import StepInputs, preference_step
+from diffusion_align.train.steplevel import OnlineInputs, step_level_step
 from diffusion_align.train.validation import run_validation
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Run:
     accelerator: Accelerator
     adapter: object
     reference: object
-    method: StepInputs
+    method: StepInputs | OnlineInputs
     params: list[torch.nn.Parameter]
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -197,9 +198,12 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
     reference.to(accelerator.device)
 
 
-def make_method(cfg: DictConfig, adapter) -> StepInputs:
-    """The loss and samplers of ``conf/method/<name>.yaml`` and ``conf/timesteps/<name>.yaml``."""
+def make_method(cfg: DictConfig, adapter) -> StepInputs | OnlineInputs:
+    """The loss and samplers of ``conf/method/<name>.yaml`` and ``conf/timesteps/<name>.yaml``; the online
+    step-level pieces (sampler, scorer, threshold) for ``inputs: step`` methods (SPO, LPO)."""
     method = cfg.method
+    if method.inputs == "step":
+        return make_online_method(cfg, adapter)
     try:
         noising = make_noising(method.noising, num_steps=method.get("inversion_steps", 10),
                                eta=method.get("inversion_eta"))
@@ -224,6 +228,36 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs:
         label_fn=None if method.get("label_fn") is None else build(method.label_fn),
         timesteps_arg=method.get("timesteps_arg"),
         noising=noising,
+    )
+
+
+VIDEO_FAMILIES = ("wan", "cogvideox")
+
+
+def make_online_method(cfg: DictConfig, adapter) -> OnlineInputs:
+    """SPO / LPO: ``method.online`` (see ``conf/method/spo.yaml``)."""
+    from diffusion_align.sampling import StepKernel
+
+    online = cfg.method.online
+    if adapter.family in VIDEO_FAMILIES:
+        raise ConfigError(f"method {cfg.method.name} samples image trajectories; {adapter.family} is a video model "
+                          "(use dpo or densedpo)")
+    try:
+        kernel = StepKernel(adapter, online.num_steps, online.eta)
+    except ValueError as error:
+        raise ConfigError(f"method.online: {error}") from error
+    if online.candidates < 2:
+        raise ConfigError(f"method.online.candidates={online.candidates}: a pair needs at least 2 candidates")
+    return OnlineInputs(
+        loss_fn=build(cfg.method.loss),
+        kernel=kernel,
+        scorer=build(online.scorer),
+        threshold=build(online.threshold),
+        candidates=online.candidates,
+        divert_start_step=online.divert_start_step,
+        guidance=online.guidance,
+        train_guidance=online.train_guidance,
+        pairs_per_prompt=online.pairs_per_prompt,
     )
 
 
@@ -285,9 +319,10 @@ def optimization_step(r: Run, batch):
     """
     trainer, accelerator = r.cfg.trainer, r.accelerator
     with accelerator.accumulate(r.policy):
+        science = step_level_step if isinstance(r.method, OnlineInputs) else preference_step
         with accelerator.autocast():
-            out = preference_step(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
-                                  policy=r.policy)
+            out = science(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
+                          policy=r.policy)
         if trainer.check_finite and r.step_fault is None and not bool(torch.isfinite(out.loss)):
             r.step_fault = f"loss {float(out.loss.detach())}"
         if r.step_fault is None:

@@ -68,10 +68,3 @@ def test_inversion_needs_an_epsilon_model_on_a_discrete_schedule(run_train, tiny
         run_train(tmp_path / "flow", "model=tiny_sd3", "method=smpo", f"data.dataset.paths={tiny_pairs}")
     with pytest.raises(ConfigError, match="method.noising 'sde': expected one of forward, ddim_inversion"):
         run_train(tmp_path / "bad", "method=dpo", "method.noising=sde", f"data.dataset.paths={tiny_pairs}")
-
-
-def test_step_level_methods_are_refused_by_the_offline_loop(run_train, tiny_pairs, tmp_path):
-    from diffusion_align.config import ConfigError
-
-    with pytest.raises(ConfigError, match="method.inputs 'step'"):
-        run_train(tmp_path / "spo", "method=spo", f"data.dataset.paths={tiny_pairs}")
