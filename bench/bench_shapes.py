@@ -1,8 +1,10 @@
-"""Every offline method on the Shapes world, one fixed budget, one table.
+"""Every method on the Shapes world, one fixed budget, one table.
 
 One dataset is generated once (the shipped pipeline's candidates ranked by the proxy reward, as ``diffalign demo``
 does); each method then trains for the same number of steps on it (pairwise methods on best-vs-worst pairs,
-RankDPO on the ranked lists, KTO on the unpaired view) and is evaluated against the base model on the held-out
+RankDPO on the ranked lists, KTO on the unpaired view; the online step-level methods use its prompts: SPO scores
+each step's candidates by the proxy reward of their decoded x̂0, LPO by a latent reward model trained first on the
+dataset's proxy-labelled pairs with ``diffalign train-lrm``'s recipe) and is evaluated against the base model on the held-out
 prompts with identical seeds. Columns: exact reward before / after (mean over held-out samples), the aligned
 model's win rate over the base under the exact reward (95% bootstrap interval over prompts), the proxy-reward gain
 (a proxy gain the exact reward does not share is reward hacking), and training + evaluation wall time.
@@ -32,6 +34,11 @@ METHODS = {
     "inpo": ["method=inpo"],  # DDIM inversion + 0.1 noise, plain DPO
     "rankdpo": ["method=rankdpo", "data=ranked", "data.loader.batch_size=2"],
     "kto": ["method=kto", "data=unpaired"],
+    # online step-level: the demo's sampler (10 DDIM steps, guidance 2), 4 candidates, SPO's fixed threshold
+    "spo": ["method=spo", "reward@method.online.scorer.reward=shapes_proxy", "method.online.num_steps=10",
+            "method.online.guidance=2.0", "method.online.divert_start_step=2", "method.online.pairs_per_prompt=2"],
+    "lpo": ["method=lpo", "method.online.num_steps=10", "method.online.guidance=2.0",
+            "method.online.pairs_per_prompt=2"],  # + the LRM directory, trained by train_lrm_for_lpo
 }
 
 
@@ -46,6 +53,24 @@ def compose(out_dir: Path, overrides: list[str]):
         cfg = hydra_compose("demo", overrides=[f"output_dir={out_dir}", *overrides])
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def train_lrm_for_lpo(data_root: Path, work: Path, steps: int) -> Path:
+    """LPO's latent reward model on the Shapes UNet, trained on the generated pairs (proxy labels), as
+    ``diffalign train-lrm`` would; returns its directory."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from diffusion_align import lrm
+
+    with initialize_config_module("diffusion_align.conf", version_base="1.3"):
+        cfg = hydra_compose("train-lrm", overrides=[
+            f"output_dir={work / 'lrm_run'}", "model=shapes", "data=pickapic", f"data.dataset.paths={data_root / 'data' / 'pairs'}",
+            "data.dataset.hflip=false", "data.cache.enabled=true", f"data.cache.dir={work / 'lrm_cache'}",
+            "data.loader.batch_size=16", f"lrm.max_steps={steps}", "lrm.learning_rate=3e-4",
+            "lrm.largest_timestep=600", "lrm.projection_dim=32", "lrm.guidance=1.0", "lrm.log_every=50"])
+    OmegaConf.resolve(cfg)
+    return lrm.run(cfg)
 
 
 def run_method(name: str, data_root: Path, work: Path, common: list[str]) -> dict:
@@ -90,6 +115,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per method")
     parser.add_argument("--prompts", type=int, default=320, help="training prompts generated")
     parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: all 324)")
+    parser.add_argument("--lrm-steps", type=int, default=300, help="training steps of LPO's latent reward model")
     parser.add_argument("--out", default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args()
     common = [f"trainer.max_steps={args.steps}", f"generate.num_prompts={args.prompts}"]
@@ -101,6 +127,11 @@ def main() -> None:
     started = time.perf_counter()
     generated = demo.generate_stage(compose(work, common), work)
     print(f"dataset: {json.dumps(generated.figures)} in {time.perf_counter() - started:.1f} s ({work / 'data'})")
+    if "lpo" in args.methods:
+        started = time.perf_counter()
+        lrm_dir = train_lrm_for_lpo(work, work / "runs", args.lrm_steps)
+        print(f"latent reward model for lpo: {args.lrm_steps} steps in {time.perf_counter() - started:.1f} s")
+        METHODS["lpo"] = [*METHODS["lpo"], f"method.online.scorer.directory={lrm_dir}"]
     rows = [run_method(name, work, work / "runs", common) for name in args.methods]
     print_table(rows)
     (work / "bench_shapes.json").write_text(json.dumps(rows, indent=2) + "\n")
