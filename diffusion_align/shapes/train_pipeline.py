@@ -6,7 +6,8 @@ Three stages, all seeded: (1) a tiny ``AutoencoderKL`` (64 x 64 RGB <-> 4 x 16 x
 reconstruction with a small KL term; its ``scaling_factor`` is set so the training latents have unit variance,
 as SD's is; (2) a tiny ``UNet2DConditionModel`` (cross-attention plus an attention-pooled prompt summary added to the
 timestep embedding) and a tiny ``CLIPTextModel`` trained jointly with the standard ε-prediction loss on DDPM's
-scaled-linear schedule, dropping 10% of prompts so classifier-free guidance works, with an EMA of the weights saved;
+linear schedule (``--schedule``; ``SCHEDULES`` says why not SD's scaled-linear one), dropping 10% of prompts so
+classifier-free guidance works, with an EMA of the weights saved;
 (3) the parts saved as a ``StableDiffusionPipeline`` directory (DDIM sampler, no safety checker) that loads with
 ``StableDiffusionPipeline.from_pretrained``. Training images are rendered from the train split only (held-out
 combinations are never shown) and encoded once. The default budget (3,000 UNet steps of batch 32, about an hour of
@@ -45,7 +46,16 @@ from diffusion_align.testing.tokenizers import CLIP_VOCAB_SIZE, build_clip_token
 
 TOKEN_LENGTH = 16  # the longest grammar prompt is 13 CLIP tokens with BOS/EOS
 TEXT_WIDTH = 32
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+# Noise schedules (diffusers beta settings). Stable Diffusion's "scaled_linear" keeps sqrt(alpha_bar) = 0.068 of the
+# signal at t = 999 (0.119 at t = 901, where 10 "leading" DDIM steps start). On 16 x 16 latents the mean of each
+# latent channel over the image, which is where a flat background's colour lives, is then better measured from the
+# noisy input than the mean of the noise (std 1/16): the model learns to read the background from the noise instead of
+# the prompt, and at sampling time the random starting noise picks the background. DDPM's "linear" schedule leaves
+# 0.0064 of the signal at t = 999 (ten times below the noise's channel mean), so the colour must come from the prompt.
+SCHEDULES = {
+    "linear": {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "num_train_timesteps": 1000},
+    "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000},
+}
 
 
 @dataclass
@@ -63,6 +73,7 @@ class TrainConfig:
     unet_batch: int = 32
     unet_lr: float = 1e-3
     prompt_dropout: float = 0.1
+    schedule: str = "linear"  # a key of SCHEDULES; the saved pipeline's DDIM sampler uses the same betas
     ema_decay: float = 0.999  # the checkpoints hold the exponential moving average of the weights (0: raw weights)
     save_every: int = 250
     threads: int = 1
@@ -240,7 +251,7 @@ def train_denoiser(
         text_encoder = CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder").train()
     else:
         unet, text_encoder = build_unet().train(), build_text_encoder().train()
-    scheduler = DDPMScheduler(**SD_SCHEDULE)
+    scheduler = DDPMScheduler(**SCHEDULES[cfg.schedule])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
@@ -292,9 +303,15 @@ def _averaged(ema, params):
         ema.restore(params)
 
 
-def assemble(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
-    """The stock pipeline class with a DDIM sampler on the training schedule and no safety checker."""
-    scheduler = DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+def assemble(vae, text_encoder, tokenizer, unet, schedule: str = "linear") -> StableDiffusionPipeline:
+    """The stock pipeline class with a DDIM sampler on the training schedule and no safety checker.
+
+    "trailing" timestep spacing starts sampling at t = 999, the noise level the model was trained to start from
+    (SD's "leading" spacing with 10 steps would start at t = 901).
+    """
+    scheduler = DDIMScheduler(
+        **SCHEDULES[schedule], clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing"
+    )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -322,6 +339,8 @@ def save_pipeline(pipeline: StableDiffusionPipeline, out: Path, cfg: TrainConfig
 def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
     """Run all stages and save the pipeline into ``out`` (with ``training_config.json``); returns ``out``."""
     out = Path(out)
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"--schedule {cfg.schedule!r}: expected one of {sorted(SCHEDULES)}")
     torch.set_num_threads(cfg.threads)
     started = time.time()
 
@@ -340,7 +359,7 @@ def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
     log(f"vae reconstruction MSE on held-out renders: {reconstruction_error(vae, cfg.seed + 3):.5f}")
 
     def checkpoint(unet, text_encoder, step):
-        save_pipeline(assemble(vae, text_encoder, tokenizer, unet), out, cfg, step)
+        save_pipeline(assemble(vae, text_encoder, tokenizer, unet, cfg.schedule), out, cfg, step)
         log(f"saved {out} at unet step {step}")
 
     unet, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, log, checkpoint)

@@ -1,0 +1,32 @@
+"""The Shapes pipeline's training schedule: the reason it is DDPM's linear one, and what the saved sampler uses."""
+
+from __future__ import annotations
+
+import pytest
+from diffusers import DDPMScheduler
+
+from diffusion_align.shapes.train_pipeline import SCHEDULES, TrainConfig, assemble, train_pipeline
+from diffusion_align.shapes.world import IMAGE_SIZE
+
+
+def test_linear_schedule_leaves_less_signal_than_the_noise_channel_mean():
+    """At the first sampling step the signal left, sqrt(ā), must be far below the std of a latent channel's mean
+    noise (1 / side): otherwise the model reads a flat background's colour from the noisy input instead of the prompt."""
+    side = IMAGE_SIZE // 4
+    linear = DDPMScheduler(**SCHEDULES["linear"]).alphas_cumprod
+    scaled = DDPMScheduler(**SCHEDULES["scaled_linear"]).alphas_cumprod
+    assert float(linear[999].sqrt()) < 0.15 / side
+    assert float(scaled[999].sqrt()) > 1.0 / side  # SD's schedule: the channel mean carries the background
+    assert TrainConfig().schedule == "linear"
+
+
+def test_saved_sampler_starts_at_the_last_training_timestep():
+    pipe = assemble(None, None, None, None, "linear")
+    pipe.scheduler.set_timesteps(10)
+    assert int(pipe.scheduler.timesteps[0]) == 999
+    assert pipe.scheduler.config.beta_schedule == "linear" and not pipe.scheduler.config.clip_sample
+
+
+def test_unknown_schedule_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--schedule 'cosine': expected one of"):
+        train_pipeline(tmp_path / "out", TrainConfig(schedule="cosine"))
