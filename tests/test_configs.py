@@ -24,7 +24,7 @@ from diffusion_align.cli import main
 from diffusion_align.config import check_targets, iter_targets
 
 CONF_DIR = Path(str(importlib.resources.files("diffusion_align.conf")))  # what pkg://diffusion_align.conf reads
-TOP_LEVEL = ("train", "generate", "score", "evaluate", "demo")  # one per `diffalign <command>`
+TOP_LEVEL = ("train", "train-lrm", "generate", "score", "evaluate", "demo")  # one per `diffalign <command>`
 # Every group folder and the top-level config it composes in; a new folder must be added here to be covered.
 GROUP_PRIMARY = {
     "data": "train",
@@ -41,7 +41,7 @@ GROUP_PRIMARY = {
 }
 # train.yaml's defaults list has no `experiment` entry: presets are appended (`+experiment=name`), after every group.
 APPENDED_GROUPS = {"experiment"}
-EXPECTED_FILE_COUNT = 74  # YAML files under conf/ outside hydra/ and accelerate/: update when adding one (and check it is covered)
+EXPECTED_FILE_COUNT = 75  # YAML files under conf/ outside hydra/ and accelerate/: update when adding one (and check it is covered)
 BITSANDBYTES_MISSING = importlib.util.find_spec("bitsandbytes") is None
 
 
