@@ -1,4 +1,5 @@
-"""Stochastic steps with log-probabilities (diffusion_align/sampling.py): hand-derived values, diffusers' own DDIM
+"""Stochastic steps with log-probabilities (diffusion_align/sampling.py; tests/evaluate/test_sampling.py already names
+the evaluation sampler's tests): hand-derived values, diffusers' own DDIM
 step as the contract, and the SDE's defining invariant (it keeps the data marginals of the ODE)."""
 
 from __future__ import annotations
