@@ -23,14 +23,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffusion_align.config import build
-from diffusion_align.data import collate_preference
 from diffusion_align.io import write_text_atomic
-from diffusion_align.train.sampler import EpochPermutationSampler
-from diffusion_align.train.step import _randn_rows, row_generators, row_seeds, training_latents
+from diffusion_align.train.step import randn_rows, row_generators, row_seeds, training_latents
 from diffusion_align.types import LossOutput, PreferenceBatch, metric_dict
 from reward_models.latent import LatentRewardModel, from_adapter
 
@@ -59,7 +56,7 @@ def lrm_pair_loss(scores_0: Tensor, scores_1: Tensor, label: Tensor) -> LossOutp
 
 @dataclass
 class LrmSettings:
-    """The recipe's knobs (``conf/train_lrm.yaml``: ``lrm``)."""
+    """The recipe's knobs (``conf/train-lrm.yaml``: ``lrm``)."""
 
     max_steps: int = 4000
     learning_rate: float = 1e-5
@@ -75,7 +72,7 @@ def pair_scores(lrm: LatentRewardModel, adapter, batch: PreferenceBatch, generat
     device = lrm.device
     latents = training_latents(adapter, batch, generators, device)  # [B, 2, C, h, w]
     b, k = latents.shape[:2]
-    noise = _randn_rows(latents.shape[2:], generators, device).repeat_interleave(k, dim=0)
+    noise = randn_rows(latents.shape[2:], generators, device).repeat_interleave(k, dim=0)
     flat_t = timesteps.to(device).repeat_interleave(k)
     noisy = adapter.add_noise(latents.flatten(0, 1), noise, flat_t)
     prompts = [p for p in batch.prompts for _ in range(k)]
@@ -147,7 +144,7 @@ def pair_accuracy(lrm: LatentRewardModel, adapter, batches: Iterable[PreferenceB
 def run(cfg: DictConfig) -> Path:
     """``diffalign train-lrm``: build the adapter and data as ``diffalign train`` does, train, save to
     ``output_dir/lrm`` (loadable with ``LatentRewardModel.from_pretrained``) with ``metrics.json``."""
-    from diffusion_align.train.data import make_dataset  # the training data path, cache included
+    from diffusion_align.train.data import make_loader  # the training data path, cache and seeded order included
 
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
@@ -157,9 +154,7 @@ def run(cfg: DictConfig) -> Path:
     for module in adapter.frozen_modules.values():
         module.requires_grad_(False).to(device)
     adapter.denoiser.to(device)
-    dataset = make_dataset(cfg, adapter)
-    loader = DataLoader(dataset, batch_size=cfg.data.loader.batch_size, collate_fn=collate_preference,
-                        sampler=EpochPermutationSampler(len(dataset), seed=cfg.seed), drop_last=True)
+    loader = make_loader(cfg, adapter)
     lrm = from_adapter(adapter, projection_dim=settings.projection_dim, guidance=settings.guidance).to(device)
     started = time.time()
     losses = train_lrm(lrm, adapter, loader, settings, seed=cfg.seed)

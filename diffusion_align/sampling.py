@@ -35,6 +35,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 from diffusion_align.adapters.base import DiffusionAdapter
+from diffusion_align.train.step import randn_rows
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -208,13 +209,10 @@ class StepKernel:
     def sample(mean: Tensor, std: Tensor, generators: list[torch.Generator], k: int = 1) -> Tensor:
         """``[N, k, ...]`` draws from the step's Gaussian; row n's noise comes from ``generators[n]`` (so a row's
         candidates do not depend on the other rows of the batch)."""
-        noise = torch.stack([
-            torch.randn((k, *mean.shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators
-        ]).to(mean.device)
+        noise = randn_rows((k, *mean.shape[1:]), generators, mean.device)
         return mean.unsqueeze(1) + std.view(-1, 1, *([1] * (mean.ndim - 1))) * noise
 
 
-@torch.no_grad()
 def latent_shape(adapter: DiffusionAdapter) -> tuple[int, int, int]:
     """``(C, h, w)`` of an image adapter's latents at its training resolution (from the VAE's config)."""
     config = adapter.pipeline.vae.config

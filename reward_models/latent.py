@@ -225,6 +225,5 @@ def clip_hidden_states(text_encoder: nn.Module, tokenizer):
 def from_adapter(adapter, projection_dim: int = 768, guidance: float = 7.5) -> LatentRewardModel:
     """A new LRM on a diffusion adapter's UNet (copied), its first text encoder and its conditioning."""
     pipeline = adapter.pipeline
-    return LatentRewardModel(pipeline.unet if adapter.denoiser is None else adapter.denoiser, pipeline.text_encoder,
-                             pipeline.tokenizer, adapter.encode_prompts, adapter.unet_kwargs,
-                             projection_dim=projection_dim, guidance=guidance)
+    return LatentRewardModel(adapter.denoiser, pipeline.text_encoder, pipeline.tokenizer, adapter.encode_prompts,
+                             adapter.unet_kwargs, projection_dim=projection_dim, guidance=guidance)

@@ -62,7 +62,7 @@ def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generat
     return [torch.Generator(device).manual_seed(s) for s in seeds]
 
 
-def _randn_rows(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> Tensor:
+def randn_rows(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> Tensor:
     """``[B, *shape]`` standard normal, row b drawn from ``generators[b]``."""
     return torch.cat([randn_tensor((1, *shape), generator=g, device=device, dtype=torch.float32) for g in generators])
 
@@ -78,7 +78,7 @@ def training_latents(
         mean, std = adapter.vae_posterior(pixels.flatten(0, 1))
         mean, std = mean.unflatten(0, pixels.shape[:2]), std.unflatten(0, pixels.shape[:2])
     mean, std = mean.to(device, torch.float32), std.to(device, torch.float32)
-    eps = _randn_rows(mean.shape[1:], generators, device)
+    eps = randn_rows(mean.shape[1:], generators, device)
     return adapter.scale_latents(mean + std * eps)
 
 
@@ -112,7 +112,7 @@ def preference_step(
     generators = row_generators(row_seeds(batch.index, epoch, seed), device)
     latents = training_latents(adapter, batch, generators, device)  # [B, K, ...]
     b, k = latents.shape[:2]
-    noise = _randn_rows(latents.shape[2:], generators, device)  # shared by the K candidates of a row
+    noise = randn_rows(latents.shape[2:], generators, device)  # shared by the K candidates of a row
     t = torch.cat([method.sample_timesteps(1, generator=g, device=device) for g in generators])
     flat_t = t.repeat_interleave(k)
     flat_latents, flat_noise = latents.flatten(0, 1), noise.repeat_interleave(k, dim=0)

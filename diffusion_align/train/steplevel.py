@@ -35,7 +35,7 @@ from diffusion_align.sampling import (
     guided_predict,
     latent_shape,
 )
-from diffusion_align.train.step import conditioning, row_generators, row_seeds
+from diffusion_align.train.step import conditioning, randn_rows, row_generators, row_seeds
 from diffusion_align.types import LossOutput, PreferenceBatch, metric_dict
 
 
@@ -196,10 +196,9 @@ def collect_step_pairs(
     """Run one branching trajectory per prompt and return the pairs that pass the threshold (module docstring)."""
     device, kernel, k = adapter.device, online.kernel, online.candidates
     b = len(prompts)
-    shape = latent_shape(adapter)
-    x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
+    x = randn_rows(latent_shape(adapter), generators, device)
     kept: dict[str, list[Tensor]] = {name: [] for name in ("x_t", "t", "t_prev", "winner", "loser", "row")}
-    pairs = StepPairs(*[torch.empty(0)] * 6)
+    steps_scored, gaps = 0, []
 
     def predict(latents: Tensor, level: Tensor, n_rep: int = 1) -> Tensor:
         c = {name: v.repeat(n_rep, *[1] * (v.ndim - 1)) for name, v in cond.items()}
@@ -221,8 +220,8 @@ def collect_step_pairs(
             probs = torch.softmax(torch.stack([ordered[0], ordered[-1]]), dim=0)
             gap = probs[0] - probs[1]
             keep = gap > online.threshold(kernel, point)
-            pairs.steps_scored += b
-            pairs.probability_gaps.extend(gap.tolist())
+            steps_scored += b
+            gaps.extend(gap.tolist())
             rows = torch.nonzero(keep).flatten()
             if len(rows):
                 kept["x_t"].append(x[rows])
@@ -235,12 +234,11 @@ def collect_step_pairs(
             x = draws[torch.arange(b), pick.flatten().to(device)]
         else:
             x = draws[:, 0]
-    if kept["row"]:
-        for name, values in kept.items():
-            setattr(pairs, name, torch.cat(values))
-    else:
-        pairs.row = torch.empty(0, dtype=torch.long)
-    return pairs
+    if not kept["row"]:
+        return StepPairs(*[torch.empty(0)] * 5, row=torch.empty(0, dtype=torch.long), steps_scored=steps_scored,
+                         probability_gaps=gaps)
+    return StepPairs(**{name: torch.cat(values) for name, values in kept.items()}, steps_scored=steps_scored,
+                     probability_gaps=gaps)
 
 
 def subsample_pairs(pairs: StepPairs, per_prompt: int, generator: torch.Generator) -> StepPairs:
