@@ -144,7 +144,9 @@ def pair_accuracy(lrm: LatentRewardModel, adapter, batches: Iterable[PreferenceB
 def run(cfg: DictConfig) -> Path:
     """``diffalign train-lrm``: build the adapter and data as ``diffalign train`` does, train, save to
     ``output_dir/lrm`` (loadable with ``LatentRewardModel.from_pretrained``) with ``metrics.json``."""
-    from diffusion_align.train.data import make_loader  # the training data path, cache and seeded order included
+    from diffusion_align.train.data import (
+        make_loader,  # the training data path, cache and seeded order included
+    )
 
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
