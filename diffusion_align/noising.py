@@ -29,9 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from diffusion_align.adapters.base import DiffusionAdapter
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -124,6 +128,23 @@ def invert(
     a_train = alphas[t_train]
     target = (z - a_train.sqrt() * x0.float()) / (1 - a_train).sqrt()
     return InvertedLatents(noisy=z.to(x0.dtype), target=target.to(x0.dtype), level=level)
+
+
+def per_sample(value: Tensor, like: Tensor) -> Tensor:
+    """A per-sample ``[B]`` value as float32 ``[B, 1, ...]``, broadcastable against ``like``."""
+    return value.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
+
+
+def x0_and_eps(adapter: DiffusionAdapter, pred: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x̂0, ε̂)`` from a discrete adapter's prediction (ε or v), float32."""
+    alphas = adapter.noise_scheduler.alphas_cumprod.to(x_t.device, torch.float32)
+    a_t = per_sample(alphas[t.long()], x_t)
+    x_t, pred = x_t.float(), pred.float()
+    if adapter.noise_scheduler.config.prediction_type == "v_prediction":
+        x0 = a_t.sqrt() * x_t - (1.0 - a_t).sqrt() * pred
+        eps = (1.0 - a_t).sqrt() * x_t + a_t.sqrt() * pred
+        return x0, eps
+    return (x_t - (1.0 - a_t).sqrt() * pred) / a_t.sqrt(), pred
 
 
 NOISING_KINDS = ("forward", "ddim_inversion", "renoise_inversion")

@@ -35,6 +35,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 from diffusion_align.adapters.base import DiffusionAdapter
+from diffusion_align.noising import per_sample, x0_and_eps
 from diffusion_align.train.step import randn_rows
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -53,10 +54,6 @@ def gaussian_logprob(sample: Tensor, mean: Tensor, std: Tensor | float) -> Tenso
     return logp.mean(dim=tuple(range(1, logp.ndim)))
 
 
-def _per_sample(value: Tensor, like: Tensor) -> Tensor:
-    return value.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
-
-
 def ddim_step_stats(
     alphas_cumprod: Tensor, x_t: Tensor, x0: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, eta: float
 ) -> tuple[Tensor, Tensor]:
@@ -70,7 +67,7 @@ def ddim_step_stats(
         eta: η; 0 is deterministic DDIM (no log-probability exists then).
     """
     alphas = alphas_cumprod.to(x_t.device, torch.float32)
-    a_t, a_prev = _per_sample(alphas[t.long()], x_t), _per_sample(alphas[t_prev.long()], x_t)
+    a_t, a_prev = per_sample(alphas[t.long()], x_t), per_sample(alphas[t_prev.long()], x_t)
     variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
     std = eta * variance.clamp(min=0.0).sqrt()
     mean = a_prev.sqrt() * x0.float() + (1.0 - a_prev - std**2).clamp(min=0.0).sqrt() * eps.float()
@@ -89,7 +86,7 @@ def flow_sde_step_stats(
         eta: the SDE noise level (Flow-GRPO's ``noise_level``, 0.7 in its configs).
         sigma_max: the σ used in place of σ = 1 in ``σ/(1-σ)`` (the schedule's second σ, as Flow-GRPO).
     """
-    s, s_prev = _per_sample(sigma, x), _per_sample(sigma_prev, x)
+    s, s_prev = per_sample(sigma, x), per_sample(sigma_prev, x)
     d_sigma = s_prev - s
     ratio = s / (1.0 - torch.where(s >= 1.0, torch.full_like(s, sigma_max), s))
     g = eta * ratio.sqrt()
@@ -97,18 +94,6 @@ def flow_sde_step_stats(
     mean = x + (velocity + g**2 / (2.0 * s) * (x + (1.0 - s) * velocity)) * d_sigma
     std = g * (-d_sigma).clamp(min=0.0).sqrt()
     return mean, std.flatten()
-
-
-def x0_and_eps(adapter: DiffusionAdapter, pred: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x̂0, ε̂)`` from a discrete adapter's prediction (ε or v), float32."""
-    alphas = adapter.noise_scheduler.alphas_cumprod.to(x_t.device, torch.float32)
-    a_t = _per_sample(alphas[t.long()], x_t)
-    x_t, pred = x_t.float(), pred.float()
-    if adapter.noise_scheduler.config.prediction_type == "v_prediction":
-        x0 = a_t.sqrt() * x_t - (1.0 - a_t).sqrt() * pred
-        eps = (1.0 - a_t).sqrt() * x_t + a_t.sqrt() * pred
-        return x0, eps
-    return (x_t - (1.0 - a_t).sqrt() * pred) / a_t.sqrt(), pred
 
 
 def guided_predict(
@@ -203,7 +188,7 @@ class StepKernel:
         """``x̂0`` from the prediction at ``x`` on per-sample levels ``level`` (timesteps or σ)."""
         if self.kind == "discrete":
             return x0_and_eps(self.adapter, pred, x, level)[0]
-        return x.float() - _per_sample(level, x) * pred.float()
+        return x.float() - per_sample(level, x) * pred.float()
 
     @staticmethod
     def sample(mean: Tensor, std: Tensor, generators: list[torch.Generator], k: int = 1) -> Tensor:

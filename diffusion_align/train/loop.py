@@ -209,12 +209,10 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs | OnlineInputs:
                                eta=method.get("inversion_eta"))
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    if noising is not None and not (adapter.schedule.kind == "discrete"
-                                    and adapter.noise_scheduler.config.prediction_type == "epsilon"):
+    if noising is not None and adapter.schedule.kind != "discrete":
         raise ConfigError(
-            f"method.noising '{method.noising}' inverts with an ε-prediction model on a discrete schedule; "
-            f"{type(adapter).__name__} has a {adapter.schedule.kind} schedule predicting "
-            f"{adapter.noise_scheduler.config.get('prediction_type', 'flow velocity')}: use method.noising=forward")
+            f"method.noising '{method.noising}' inverts DDIM steps of a discrete (ε- or v-prediction) schedule; "
+            f"{type(adapter).__name__} has a {adapter.schedule.kind} schedule: use method.noising=forward")
     if method.inputs not in ("pairwise", "ranked", "unpaired", "segments"):
         raise ConfigError(f"method.inputs '{method.inputs}' is not an offline kind (the step-level loop is separate)")
     timesteps = cfg.timesteps

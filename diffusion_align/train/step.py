@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from diffusion_align.adapters.base import DiffusionAdapter
 from diffusion_align.losses import per_sample_error
-from diffusion_align.noising import InvertedLatents
+from diffusion_align.noising import InvertedLatents, x0_and_eps
 from diffusion_align.types import LossOutput, PreferenceBatch
 
 TimestepSampler = Callable[..., Tensor]
@@ -144,7 +144,10 @@ def inverted_inputs(
     generators: list[torch.Generator],
     policy: nn.Module | None,
 ) -> tuple[Tensor, Tensor]:
-    """Flattened ``[B·K, ...]`` noisy latents and ε targets from inverting each row's K candidates at its timestep.
+    """Flattened ``[B·K, ...]`` noisy latents and targets from inverting each row's K candidates at its timestep.
+
+    The inversion runs on ε (a v-prediction model's output is converted); the target it returns is the noise the
+    model should see at ``t``, turned into the model's own target (``adapter.target``: ε itself, or v).
 
     The policy inverts (adapters on, no gradient, the row's own prompt, no guidance), as SmPO's and InPO's code do;
     a row is inverted on its own, with its own timestep and generator, so the row-seeding contract holds (the
@@ -158,11 +161,15 @@ def inverted_inputs(
         row_cond = {name: value[rows] for name, value in cond.items()}
 
         def eps_fn(z: Tensor, timesteps: Tensor, row_cond=row_cond) -> Tensor:
-            return adapter.predict(z, timesteps, row_cond, denoiser=policy)
+            pred = adapter.predict(z, timesteps, row_cond, denoiser=policy)
+            # the model sees the authors' t = -199 too; z's noise level there is ā[0], as the inversion takes it
+            return x0_and_eps(adapter, pred, z, timesteps.clamp(min=0))[1]
 
         inverted = method.noising(eps_fn, latents[row], int(t[row]), alphas, generator=generators[row])
         noisy.append(inverted.noisy)
-        target.append(inverted.target)
+        # the inversion's noise target as the model's own target (itself for ε; v = sqrt(ā)·ε - sqrt(1-ā)·x0)
+        row_t = t[row].expand(k)
+        target.append(adapter.target(latents[row], inverted.target, row_t).to(inverted.target.dtype))
     return torch.cat(noisy), torch.cat(target)
 
 

@@ -61,10 +61,10 @@ def test_dpo_trains_from_the_latent_cache(run_train, tiny_pairs, tmp_path):
     assert any((out / "cache").glob("*.safetensors"))
 
 
-def test_inversion_needs_an_epsilon_model_on_a_discrete_schedule(run_train, tiny_pairs, tmp_path):
+def test_inversion_needs_a_discrete_schedule(run_train, tiny_pairs, tmp_path):
     from diffusion_align.config import ConfigError
 
-    with pytest.raises(ConfigError, match="method.noising 'renoise_inversion' inverts with an ε-prediction model"):
+    with pytest.raises(ConfigError, match="method.noising 'renoise_inversion' inverts DDIM steps of a discrete"):
         run_train(tmp_path / "flow", "model=tiny_sd3", "method=smpo", f"data.dataset.paths={tiny_pairs}")
     with pytest.raises(ConfigError, match="method.noising 'sde': expected one of forward, ddim_inversion"):
         run_train(tmp_path / "bad", "method=dpo", "method.noising=sde", f"data.dataset.paths={tiny_pairs}")

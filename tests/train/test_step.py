@@ -134,9 +134,19 @@ def test_same_row_sees_same_noise_whatever_its_batch(tiny_sd15_path, tiny_pairs)
 
 
 def renoise_dpo_loss(adapter: SDAdapter, batch, beta: float) -> torch.Tensor:
-    """SmPO's ReNoise inversion (METHODS.md §3, 5 steps) written out per row, then the Salesforce DPO loss."""
+    """SmPO's ReNoise inversion (METHODS.md §3, 5 steps) written out per row, then the Salesforce DPO loss.
+
+    A v-prediction UNet's output v gives ε = sqrt(1-ā)·z + sqrt(ā)·v for the inversion, and its loss target is
+    v = sqrt(ā)·ε - sqrt(1-ā)·x0 with ε the inversion's noise target.
+    """
     unet, vae = adapter.denoiser, adapter.pipeline.vae
     alphas = adapter.noise_scheduler.alphas_cumprod
+    v_model = adapter.noise_scheduler.config.prediction_type == "v_prediction"
+
+    def eps_of(z, t, cond):
+        out = unet(z, torch.full((2,), t), cond).sample  # t = -199 too, as the authors call it
+        a = alphas[max(t, 0)]
+        return (1 - a).sqrt() * z + a.sqrt() * out if v_model else out
     text = adapter.pipeline.text_encoder(
         adapter.pipeline.tokenizer(batch.prompts, padding="max_length", max_length=77, truncation=True,
                                    return_tensors="pt").input_ids)[0]
@@ -154,14 +164,15 @@ def renoise_dpo_loss(adapter: SDAdapter, batch, beta: float) -> torch.Tensor:
                 if t >= t_train:
                     break
                 a_t, a_n = alphas[max(t, 0)], alphas[t + 200]
-                ts = torch.full((2,), t)
 
                 def step(eps, z=z, a_t=a_t, a_n=a_n):
                     return a_n.sqrt() * (z - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_n).sqrt() * eps
 
-                e1 = unet(z, ts, cond).sample
-                z = step((e1 + unet(step(e1), ts, cond).sample) / 2)
+                e1 = eps_of(z, t, cond)
+                z = step((e1 + eps_of(step(e1), t, cond)) / 2)
         target = (z - alphas[t_train].sqrt() * x0) / (1 - alphas[t_train]).sqrt()
+        if v_model:
+            target = alphas[t_train].sqrt() * target - (1 - alphas[t_train]).sqrt() * x0
         ts = torch.full((2,), t_train)
         losses = (unet(z, ts, cond).sample - target).pow(2).mean(dim=[1, 2, 3])
         with torch.no_grad():
@@ -174,10 +185,11 @@ def renoise_dpo_loss(adapter: SDAdapter, batch, beta: float) -> torch.Tensor:
     return -F.logsigmoid(inside).mean()
 
 
-def test_renoise_inversion_step_equals_the_formula_written_out(tiny_sd15_path, batch):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_renoise_inversion_step_equals_the_formula_written_out(tiny_pipeline_path, batch, prediction_type):
     from diffusion_align.noising import make_noising
 
-    adapter = lora_adapter(tiny_sd15_path)
+    adapter = lora_adapter(tiny_pipeline_path("sd15", prediction_type=prediction_type))
     beta = 100.0
     expected = renoise_dpo_loss(adapter, batch, beta)
     inputs = StepInputs(functools.partial(diffusion_dpo_loss, beta=beta), dpo_inputs().sample_timesteps,
