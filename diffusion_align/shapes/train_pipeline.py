@@ -5,7 +5,7 @@
 Three stages, all seeded: (1) a tiny ``AutoencoderKL`` (64 x 64 RGB <-> 4 x 16 x 16 latents) trained for
 reconstruction with a small KL term; its ``scaling_factor`` is set so the training latents have unit variance,
 as SD's is; (2) a tiny ``UNet2DConditionModel`` (cross-attention plus an attention-pooled prompt summary added to the
-timestep embedding) and a tiny ``CLIPTextModel`` trained jointly with the standard ε-prediction loss on DDPM's
+timestep embedding) and a tiny ``CLIPTextModel`` trained jointly with the v-prediction loss (``--prediction-type``; ``PREDICTION_TYPES`` says why not ε) on DDPM's
 linear schedule (``--schedule``; ``SCHEDULES`` says why not SD's scaled-linear one), dropping 10% of prompts so
 classifier-free guidance works, with an EMA of the weights saved;
 (3) the parts saved as a ``StableDiffusionPipeline`` directory (DDIM sampler, no safety checker) that loads with
@@ -57,6 +57,14 @@ SCHEDULES = {
     "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000},
 }
 
+# What the UNet predicts. With the linear schedule the first sampling step sees sqrt(alpha_bar) = 0.0064, and an
+# epsilon model's estimate of the clean latent there is (x_t - sqrt(1 - alpha_bar) eps_hat) / 0.0064: a 1% error in
+# eps_hat becomes a 150% error in x0, and the epsilon loss barely penalises it (Lin et al., "Common Diffusion Noise
+# Schedules and Sample Steps are Flawed", 2024). That is what the first sampling steps decide here, the background
+# colour, so an epsilon model draws saturated, prompt-independent backgrounds. v-prediction
+# (v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0) is x0 itself at t = 999, so the loss trains the colour directly.
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+
 
 @dataclass
 class TrainConfig:
@@ -74,6 +82,7 @@ class TrainConfig:
     unet_lr: float = 1e-3
     prompt_dropout: float = 0.1
     schedule: str = "linear"  # a key of SCHEDULES; the saved pipeline's DDIM sampler uses the same betas
+    prediction_type: str = "v_prediction"  # or "epsilon"; see PREDICTION_TYPES
     ema_decay: float = 0.999  # the checkpoints hold the exponential moving average of the weights (0: raw weights)
     save_every: int = 250
     threads: int = 1
@@ -239,7 +248,7 @@ def train_denoiser(
     log,
     checkpoint=None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Stage 2: UNet + text encoder, ε-prediction MSE at uniform timesteps, prompt dropout for CFG.
+    """Stage 2: UNet + text encoder, v- (or ε-) prediction MSE at uniform timesteps, prompt dropout for CFG.
 
     ``checkpoint(unet, text_encoder, step)`` is called every ``cfg.save_every`` steps when given.
     """
@@ -251,15 +260,11 @@ def train_denoiser(
         text_encoder = CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder").train()
     else:
         unet, text_encoder = build_unet().train(), build_text_encoder().train()
-    scheduler = DDPMScheduler(**SCHEDULES[cfg.schedule])
+    scheduler = DDPMScheduler(**SCHEDULES[cfg.schedule], prediction_type=cfg.prediction_type)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
-    warmup = 200
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.unet_steps))),
-    )
+    schedule = warmup_cosine(optimizer, cfg.unet_steps)
     rng = np.random.default_rng(cfg.seed + 1)
     scale = vae.config.scaling_factor
     for step in range(cfg.unet_steps):
@@ -270,7 +275,8 @@ def train_denoiser(
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),))
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, _encode_prompts(tokenizer, text_encoder, texts)).sample
-        loss = F.mse_loss(prediction, noise)
+        target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -281,7 +287,7 @@ def train_denoiser(
         if step % 100 == 0 or step == cfg.unet_steps - 1:
             log(f"unet step {step}: loss {loss.item():.5f}")
         if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            with _averaged(ema, params):
+            with averaged_weights(ema, params):
                 checkpoint(unet.eval(), text_encoder.eval(), step + 1)
             unet.train(), text_encoder.train()
     if ema is not None:
@@ -289,8 +295,15 @@ def train_denoiser(
     return unet.eval(), text_encoder.eval()
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 200) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+
+
 @contextlib.contextmanager
-def _averaged(ema, params):
+def averaged_weights(ema, params):
     """Swap the moving-average weights in for the block (a no-op without EMA), then put the live weights back."""
     if ema is None:
         yield
@@ -303,14 +316,20 @@ def _averaged(ema, params):
         ema.restore(params)
 
 
-def assemble(vae, text_encoder, tokenizer, unet, schedule: str = "linear") -> StableDiffusionPipeline:
+def assemble(
+    vae, text_encoder, tokenizer, unet, schedule: str = "linear", prediction_type: str = "v_prediction"
+) -> StableDiffusionPipeline:
     """The stock pipeline class with a DDIM sampler on the training schedule and no safety checker.
 
     "trailing" timestep spacing starts sampling at t = 999, the noise level the model was trained to start from
     (SD's "leading" spacing with 10 steps would start at t = 901).
     """
     scheduler = DDIMScheduler(
-        **SCHEDULES[schedule], clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing"
+        **SCHEDULES[schedule],
+        prediction_type=prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="trailing",
     )
     return StableDiffusionPipeline(
         vae=vae,
@@ -341,6 +360,8 @@ def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
     out = Path(out)
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"--schedule {cfg.schedule!r}: expected one of {sorted(SCHEDULES)}")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction-type {cfg.prediction_type!r}: expected one of {list(PREDICTION_TYPES)}")
     torch.set_num_threads(cfg.threads)
     started = time.time()
 
@@ -359,7 +380,7 @@ def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
     log(f"vae reconstruction MSE on held-out renders: {reconstruction_error(vae, cfg.seed + 3):.5f}")
 
     def checkpoint(unet, text_encoder, step):
-        save_pipeline(assemble(vae, text_encoder, tokenizer, unet, cfg.schedule), out, cfg, step)
+        save_pipeline(assemble(vae, text_encoder, tokenizer, unet, cfg.schedule, cfg.prediction_type), out, cfg, step)
         log(f"saved {out} at unet step {step}")
 
     unet, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, log, checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from diffusers import DDPMScheduler
 
 from diffusion_align.shapes.train_pipeline import SCHEDULES, TrainConfig, assemble, train_pipeline
@@ -25,6 +26,25 @@ def test_saved_sampler_starts_at_the_last_training_timestep():
     pipe.scheduler.set_timesteps(10)
     assert int(pipe.scheduler.timesteps[0]) == 999
     assert pipe.scheduler.config.beta_schedule == "linear" and not pipe.scheduler.config.clip_sample
+    assert pipe.scheduler.config.prediction_type == "v_prediction" == TrainConfig().prediction_type
+
+
+def test_v_prediction_trains_the_clean_latent_where_sampling_starts():
+    """At t = 999 of the linear schedule an ε model's clean-latent estimate amplifies its ε error by
+    sqrt(1-ā)/sqrt(ā) ≈ 156 (so the ε loss barely constrains what the first sampling step decides); the v target
+    there is the clean latent itself, up to sqrt(ā)·ε."""
+    scheduler = DDPMScheduler(**SCHEDULES["linear"], prediction_type="v_prediction")
+    alpha_bar = scheduler.alphas_cumprod[999]
+    assert float(((1 - alpha_bar) / alpha_bar).sqrt()) > 150.0
+    latents, noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)).unbind(0)
+    t = torch.tensor([999])
+    v = scheduler.get_velocity(latents[None], noise[None], t)[0]
+    assert torch.allclose(v, -latents, atol=0.05)  # |v + x0| <= sqrt(ā)|ε| + (1 - sqrt(1-ā))|x0|
+
+
+def test_unknown_prediction_type_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--prediction-type 'sample': expected one of"):
+        train_pipeline(tmp_path / "out", TrainConfig(prediction_type="sample"))
 
 
 def test_unknown_schedule_is_refused(tmp_path):
