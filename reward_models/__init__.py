@@ -10,6 +10,7 @@ AestheticReward    LAION aesthetic v2 MLP over CLIP-L/14       AVA 1-10
 RewardEnsemble     any of the above                            mean of per-model z-scores or ranks
 ShapesReward       Shapes world, measured from pixels (exact)  mean of per-attribute soft scores, 0-1
 ShapesProxyReward  tiny open_clip CLIP trained on Shapes        logit_scale × cosine (learned scale)
+MovingShapesReward Moving Shapes clips, from pixels (exact)    mean of per-attribute and motion scores, 0-1
 =================  ==========================================  ===============================================
 
 Configs: ``conf/reward/*.yaml``; command: ``diffalign score`` (:func:`reward_models.scoring.run`).
@@ -21,6 +22,7 @@ from reward_models.clip_score import ClipScoreReward
 from reward_models.ensemble import RewardEnsemble, normalized_ranks, zscore
 from reward_models.hps import HPSReward
 from reward_models.loading import WeightLoadingError
+from reward_models.moving_shapes import MovingShapesReward
 from reward_models.pickscore import PickScoreReward
 from reward_models.preprocessing import ClipPreprocessing
 from reward_models.shapes import ShapesReward
@@ -34,6 +36,7 @@ __all__ = [
     "ClipRewardModel",
     "ClipScoreReward",
     "HPSReward",
+    "MovingShapesReward",
     "PickScoreReward",
     "RewardEnsemble",
     "RewardModel",

@@ -19,7 +19,7 @@ from diffusion_align.shapes.world import (
     ShapesPrompt,
 )
 
-_SUPERSAMPLE = 4
+SUPERSAMPLE = 4
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Jitter:
 NO_JITTER = Jitter(0.0, 0.0, 0.0, 0.0)
 
 
-def _jittered_rgb(rgb: tuple[int, int, int], amount: float, rng: np.random.Generator) -> tuple[int, ...]:
+def jittered_rgb(rgb: tuple[int, int, int], amount: float, rng: np.random.Generator) -> tuple[int, ...]:
     noisy = np.asarray(rgb, dtype=np.float64) + rng.uniform(-amount, amount, size=3)
     return tuple(int(v) for v in np.clip(np.rint(noisy), 0, 255))
 
@@ -60,7 +60,7 @@ def object_geometry(
     return float(cx + dx), float(cy + dy), float(half)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, half: float, fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, half: float, fill) -> None:
     box = (cx - half, cy - half, cx + half, cy + half)
     if shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -77,12 +77,12 @@ def render(prompt: ShapesPrompt, rng: np.random.Generator, jitter: Jitter = Jitt
         ``uint8`` array ``[64, 64, 3]`` (RGB).
     """
     cx, cy, half = object_geometry(prompt, rng, jitter)
-    background = _jittered_rgb(COLORS[prompt.bg], jitter.background, rng)
-    fill = _jittered_rgb(COLORS[prompt.color], jitter.color, rng)
-    big = IMAGE_SIZE * _SUPERSAMPLE
+    background = jittered_rgb(COLORS[prompt.bg], jitter.background, rng)
+    fill = jittered_rgb(COLORS[prompt.color], jitter.color, rng)
+    big = IMAGE_SIZE * SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), background)
-    s = _SUPERSAMPLE
-    _draw_shape(ImageDraw.Draw(canvas), prompt.shape, cx * s, cy * s, half * s, fill)
+    s = SUPERSAMPLE
+    draw_shape(ImageDraw.Draw(canvas), prompt.shape, cx * s, cy * s, half * s, fill)
     return np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))
 
 

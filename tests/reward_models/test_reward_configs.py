@@ -12,6 +12,7 @@ from reward_models import (
     AestheticReward,
     ClipScoreReward,
     HPSReward,
+    MovingShapesReward,
     PickScoreReward,
     RewardEnsemble,
     RewardModel,
@@ -30,10 +31,14 @@ EXPECTED_CLASSES = {
     "ensemble_default": RewardEnsemble,
     "shapes": ShapesReward,
     "shapes_proxy": ShapesProxyReward,
+    "moving_shapes": MovingShapesReward,
 }
-NO_TINY_WEIGHTS = {"shapes", "shapes_proxy"}  # no weights / the shipped Shapes proxy (a few MB) loads as it is
-# Prompts of the Shapes grammar, which every reward here accepts (the Shapes rewards accept nothing else).
+# no weights / the shipped Shapes proxy (a few MB) loads as it is
+NO_TINY_WEIGHTS = {"shapes", "shapes_proxy", "moving_shapes"}
+# Prompts of the Shapes grammar, which every reward here accepts (the Shapes rewards accept nothing else) but the
+# Moving Shapes reward, which takes its own grammar.
 SHAPES_PROMPTS = ["a red circle on a blue background", "a small green square at the left on a white background"]
+MOVING_PROMPTS = ["a red circle moving left on a blue background", "a small green square moving up quickly on a white background"]
 
 
 def tiny_overrides(name: str, prefix: str, tiny_reward_kwargs) -> list[str]:
@@ -61,7 +66,8 @@ def test_reward_config_instantiates_on_tiny_weights(name, tiny_reward_kwargs, re
         cfg = compose(config_name="score", overrides=overrides)
     model = build(cfg.reward)
     assert type(model) is EXPECTED_CLASSES[name] and isinstance(model, RewardModel)
-    assert model.score(reward_images[:2], SHAPES_PROMPTS).shape == (2,)
+    prompts = MOVING_PROMPTS if name == "moving_shapes" else SHAPES_PROMPTS
+    assert model.score(reward_images[:2], prompts).shape == (2,)
 
 
 @pytest.mark.parametrize("name", REWARD_CONFIGS)

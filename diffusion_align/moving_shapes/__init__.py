@@ -1,0 +1,42 @@
+"""The Moving Shapes world: a tiny text-to-video world with an exact reward, for measuring video alignment.
+
+* :mod:`~diffusion_align.moving_shapes.world`: the prompt grammar, motion constants and the train / held-out
+  split (the image Shapes world's held-out combinations).
+* :mod:`~diffusion_align.moving_shapes.render`: the procedural clip renderer (ground truth and training data).
+
+Reward: ``reward_models.moving_shapes.MovingShapesReward`` (exact, from pixels; per clip and per segment).
+"""
+
+from diffusion_align.moving_shapes.render import (
+    NO_CLIP_JITTER,
+    ClipJitter,
+    render_clip,
+    render_clips,
+    trajectory,
+)
+from diffusion_align.moving_shapes.world import (
+    DIRECTIONS,
+    FRAME_SIZE,
+    FRAMES,
+    SPEEDS,
+    MovingShapesPrompt,
+    all_prompts,
+    parse_prompt,
+    split_prompts,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "FRAMES",
+    "FRAME_SIZE",
+    "NO_CLIP_JITTER",
+    "SPEEDS",
+    "ClipJitter",
+    "MovingShapesPrompt",
+    "all_prompts",
+    "parse_prompt",
+    "render_clip",
+    "render_clips",
+    "split_prompts",
+    "trajectory",
+]
