@@ -1,0 +1,324 @@
+"""Train the Moving Shapes world's tiny text-to-video pipeline (Wan 2.1 architecture) from rendered clips.
+
+    python -m diffusion_align.moving_shapes.train_pipeline --out diffusion_align/moving_shapes/assets/pipeline
+
+Three stages, all seeded, mirroring :mod:`diffusion_align.shapes.train_pipeline`:
+
+1. a tiny ``AutoencoderKLWan`` (Wan's causal 3D VAE) trained for reconstruction of 9-frame 32 x 32 clips, with
+   4x spatial and 2x temporal compression (``[3, 9, 32, 32]`` pixels <-> ``[8, 5, 8, 8]`` latents); its
+   ``latents_mean`` / ``latents_std`` are set per channel from the training latents, as Wan's are;
+2. a tiny ``WanTransformer3DModel`` and ``UMT5EncoderModel`` trained jointly with Wan's rectified-flow objective
+   (``x_σ = (1-σ)·x0 + σ·ε``, target ``ε - x0``, timestep ``σ·1000``, σ drawn uniformly and shifted as the
+   sampler's ``shift`` does), prompts embedded exactly as ``WanPipeline.encode_prompt`` does (UMT5 states, zero
+   past each prompt's length, padded to 512 tokens), 10% of prompts dropped for classifier-free guidance, an EMA
+   of the weights saved;
+3. a stock ``WanPipeline`` directory (flow-matching Euler sampler) that loads with ``WanPipeline.from_pretrained``.
+
+Training clips are rendered from the train split only and encoded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from diffusers.training_utils import EMAModel
+from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from diffusion_align.moving_shapes.render import render_clips
+from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, MovingShapesPrompt, split_prompts
+from diffusion_align.shapes.train_pipeline import averaged_weights, save_pipeline, warmup_cosine
+from diffusion_align.testing.tiny_text import t5_tokenizer
+
+LATENT_CHANNELS = 8
+TEXT_WIDTH = 32
+TEXT_TOKENS = 32  # the longest grammar prompt is under 30 T5 tokens with EOS; states past it are zeros anyway
+PIPELINE_TEXT_LENGTH = 512  # WanPipeline's max_sequence_length: training pads the embeddings to it, as sampling does
+FLOW_SHIFT = 3.0  # the sampler's shift (Wan 2.1 480p's); training draws σ with the same shift
+
+
+@dataclass
+class VideoTrainConfig:
+    """Budget and optimiser settings of the three stages."""
+
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    renders_per_prompt: int = 4
+    steps: int = 4000
+    batch: int = 32
+    lr: float = 1e-3
+    prompt_dropout: float = 0.1
+    ema_decay: float = 0.999  # the checkpoints hold the exponential moving average of the weights (0: raw weights)
+    save_every: int = 250
+    threads: int = 1
+    vae_from: str = ""  # a saved autoencoder directory: skip stage 1
+    init_from: str = ""  # a saved Moving Shapes pipeline: stage 2 continues from its transformer and text encoder
+    max_prompts: int = 0  # train on an evenly spaced subset of this many training prompts (0: all 5,400)
+
+
+def build_vae() -> AutoencoderKLWan:
+    """Wan's causal 3D VAE, 3 levels (16, 32, 32 channels): 4x in space, 2x in time, 8 latent channels.
+
+    Wan's encoder reads the first frame alone, then 4 frames at a time; one temporal downsampling turns each
+    chunk of 4 into 2 latent frames, so 9 frames give 5. ``scale_factor_*`` tell ``WanPipeline`` the compression.
+    The posterior log-variance starts at -10 so reconstructions from samples are informative from the first step.
+    """
+    vae = AutoencoderKLWan(
+        base_dim=16,
+        z_dim=LATENT_CHANNELS,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * LATENT_CHANNELS,
+        latents_std=[1.0] * LATENT_CHANNELS,
+        scale_factor_temporal=2,
+        scale_factor_spatial=4,
+    )
+    with torch.no_grad():
+        vae.quant_conv.weight[LATENT_CHANNELS:] = 0.0
+        vae.quant_conv.bias[LATENT_CHANNELS:] = -10.0
+    return vae
+
+
+def build_text_encoder(tokenizer: T5Tokenizer) -> UMT5EncoderModel:
+    """Wan's UMT5 encoder in miniature: 2 layers, width 32, over the offline T5 vocabulary."""
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=TEXT_WIDTH,
+        d_kv=8,
+        d_ff=4 * TEXT_WIDTH,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        is_encoder_decoder=False,
+    )
+    return UMT5EncoderModel(config)
+
+
+def build_transformer() -> WanTransformer3DModel:
+    """``WanTransformer3DModel``: 4 blocks of width 64 (4 heads x 16), patch 1 x 2 x 2 -> 5 x 4 x 4 = 80 tokens."""
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        text_dim=TEXT_WIDTH,
+        freq_dim=64,
+        ffn_dim=256,
+        num_layers=4,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=64,
+    )
+
+
+def clip_pixels(prompts: list[MovingShapesPrompt], seed: int) -> torch.Tensor:
+    """Rendered clips as ``[N, 3, F, 32, 32]`` floats in [-1, 1] (the VAE's layout: channels before frames)."""
+    clips = torch.from_numpy(render_clips(prompts, seed)).permute(0, 4, 1, 2, 3).float()
+    return clips / 127.5 - 1.0
+
+
+def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log) -> AutoencoderKLWan:
+    """Stage 1: reconstruction MSE on pixels + ``kl_weight`` x KL, warmup and cosine decay."""
+    torch.manual_seed(cfg.seed)
+    vae = build_vae().train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    schedule = warmup_cosine(optimizer, cfg.vae_steps, warmup=50)
+    rng = np.random.default_rng(cfg.seed)
+    for step in range(cfg.vae_steps):
+        batch = [prompts[i] for i in rng.integers(0, len(prompts), size=cfg.vae_batch)]
+        pixels = clip_pixels(batch, seed=cfg.seed * 1_000_003 + step)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, pixels) + cfg.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step}: loss {loss.item():.5f}")
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_renders(
+    vae: AutoencoderKLWan, prompts: list[MovingShapesPrompt], renders_per_prompt: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Render every prompt ``renders_per_prompt`` times and encode once.
+
+    Returns:
+        Posterior means and standard deviations ``[N, 8, 5, 8, 8]`` (unnormalised) and each row's prompt index.
+    """
+    index = [i for i in range(len(prompts)) for _ in range(renders_per_prompt)]
+    means, stds = [], []
+    for start in range(0, len(index), 64):
+        posterior = vae.encode(clip_pixels([prompts[i] for i in index[start : start + 64]], seed + start)).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds), index
+
+
+def set_latent_statistics(vae: AutoencoderKLWan, means: torch.Tensor) -> None:
+    """Set the VAE's per-channel ``latents_mean`` / ``latents_std`` from training latents ``[N, C, f, h, w]``."""
+    per_channel = means.transpose(0, 1).reshape(means.shape[1], -1)
+    vae.register_to_config(latents_mean=per_channel.mean(1).tolist(), latents_std=per_channel.std(1).tolist())
+
+
+def normalize_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+    """``(z - latents_mean) / latents_std`` per channel: what ``WanPipeline`` undoes before decoding."""
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape)
+    std = torch.tensor(vae.config.latents_std).view(shape)
+    return (latents - mean) / std
+
+
+def encode_prompts(tokenizer: T5Tokenizer, text_encoder: UMT5EncoderModel, texts: list[str]) -> torch.Tensor:
+    """``WanPipeline.encode_prompt``'s embeddings, with gradients: UMT5 states zeroed past each prompt, ``[B, 512, D]``."""
+    tokens = tokenizer(
+        texts, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
+        return_attention_mask=True, return_tensors="pt",
+    )
+    states = text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
+    states = states * tokens.attention_mask.unsqueeze(-1).to(states.dtype)
+    return F.pad(states, (0, 0, 0, PIPELINE_TEXT_LENGTH - TEXT_TOKENS))
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
+    """The flow sampler's time shift ``σ = s·u / (1 + (s-1)·u)`` applied to uniform ``u`` in (0, 1)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def train_denoiser(
+    cfg: VideoTrainConfig,
+    vae: AutoencoderKLWan,
+    tokenizer: T5Tokenizer,
+    prompts: list[MovingShapesPrompt],
+    encoded: tuple[torch.Tensor, torch.Tensor, list[int]],
+    log,
+    checkpoint=None,
+) -> tuple[WanTransformer3DModel, UMT5EncoderModel]:
+    """Stage 2: transformer + text encoder on the rectified-flow velocity MSE, prompt dropout for CFG.
+
+    ``encoded`` is :func:`encode_renders`' output; ``checkpoint(transformer, text_encoder, step)`` is called every
+    ``cfg.save_every`` steps when given.
+    """
+    torch.manual_seed(cfg.seed + 1)
+    means, stds, prompt_index = encoded
+    if cfg.init_from:
+        transformer = WanTransformer3DModel.from_pretrained(cfg.init_from, subfolder="transformer").train()
+        text_encoder = UMT5EncoderModel.from_pretrained(cfg.init_from, subfolder="text_encoder").train()
+    else:
+        transformer, text_encoder = build_transformer().train(), build_text_encoder(tokenizer).train()
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    schedule = warmup_cosine(optimizer, cfg.steps)
+    rng = np.random.default_rng(cfg.seed + 1)
+    for step in range(cfg.steps):
+        rows = torch.from_numpy(rng.integers(0, len(prompt_index), size=cfg.batch))
+        latents = normalize_latents(vae, means[rows] + stds[rows] * torch.randn_like(means[rows]))
+        texts = ["" if rng.random() < cfg.prompt_dropout else prompts[prompt_index[r]].text for r in rows.tolist()]
+        noise = torch.randn_like(latents)
+        sigmas = shifted_sigmas(torch.rand(len(rows))).view(-1, 1, 1, 1, 1)
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        prediction = transformer(
+            hidden_states=noisy, timestep=sigmas.flatten() * 1000.0,
+            encoder_hidden_states=encode_prompts(tokenizer, text_encoder, texts), return_dict=False,
+        )[0]
+        loss = F.mse_loss(prediction, noise - latents)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if ema is not None:
+            ema.step(params)
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"transformer step {step}: loss {loss.item():.5f}")
+        if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            with averaged_weights(ema, params):
+                checkpoint(transformer.eval(), text_encoder.eval(), step + 1)
+            transformer.train(), text_encoder.train()
+    if ema is not None:
+        ema.copy_to(params)
+    return transformer.eval(), text_encoder.eval()
+
+
+def assemble(vae, text_encoder, tokenizer, transformer) -> WanPipeline:
+    """The stock ``WanPipeline`` with the flow-matching Euler sampler at the training shift."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                       transformer=transformer)
+
+
+@torch.no_grad()
+def reconstruction_error(vae: AutoencoderKLWan, seed: int) -> float:
+    """Mean squared error (pixels in [-1, 1]) of encoding and decoding 64 clips of held-out prompts."""
+    prompts = split_prompts("held_out")
+    pixels = clip_pixels(prompts[:: max(1, len(prompts) // 64)][:64], seed)
+    decoded = torch.cat([vae.decode(vae.encode(chunk).latent_dist.mean).sample for chunk in pixels.split(16)])
+    return float(F.mse_loss(decoded, pixels))
+
+
+def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
+    """Run all stages and save the pipeline into ``out`` (with ``training_config.json``); returns ``out``."""
+    out = Path(out)
+    torch.set_num_threads(cfg.threads)
+    started = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {message}", flush=True)
+
+    log(f"clips of {FRAMES} frames, {FRAME_SIZE} px")
+    prompts = split_prompts("train")
+    if cfg.max_prompts:
+        prompts = prompts[:: max(1, len(prompts) // cfg.max_prompts)][: cfg.max_prompts]
+    tokenizer = t5_tokenizer()
+    if cfg.vae_from:
+        vae = AutoencoderKLWan.from_pretrained(cfg.vae_from).eval().requires_grad_(False)
+    else:
+        vae = train_vae(cfg, prompts, log)
+    log(f"vae reconstruction MSE on held-out clips: {reconstruction_error(vae, cfg.seed + 3):.5f}")
+    encoded = encode_renders(vae, prompts, cfg.renders_per_prompt, seed=cfg.seed * 7_000_003)
+    log(f"encoded {len(encoded[2])} clips of {len(prompts)} training prompts; latents {list(encoded[0].shape[1:])}")
+    if not cfg.vae_from:
+        set_latent_statistics(vae, encoded[0])
+        vae.save_pretrained(out.with_name(out.name + ".vae"))
+
+    def checkpoint(transformer, text_encoder, step):
+        save_pipeline(assemble(vae, text_encoder, tokenizer, transformer), out, cfg, step)
+        log(f"saved {out} at transformer step {step}")
+
+    transformer, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, encoded, log, checkpoint)
+    if not cfg.save_every or cfg.steps % cfg.save_every:
+        checkpoint(transformer, text_encoder, cfg.steps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="pipeline directory to write (the autoencoder also goes to OUT.vae)")
+    for field, default in asdict(VideoTrainConfig()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    train_pipeline(out, VideoTrainConfig(**args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The Moving Shapes video pipeline's training script: what it trains on is what the stock WanPipeline samples with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+from diffusion_align.moving_shapes.train_pipeline import (
+    FLOW_SHIFT,
+    VideoTrainConfig,
+    build_vae,
+    encode_prompts,
+    shifted_sigmas,
+    train_pipeline,
+)
+from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES
+
+PROMPTS = ["a red circle moving left on a blue background", "a large green square moving up quickly on a black background"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moving") / "pipeline"
+    cfg = VideoTrainConfig(vae_steps=2, vae_batch=2, renders_per_prompt=1, steps=2, batch=2, save_every=0, max_prompts=6)
+    return train_pipeline(out, cfg)
+
+
+def test_vae_compresses_9_frames_to_5_latent_frames_of_8x8():
+    vae = build_vae().eval()
+    pixels = torch.zeros(1, 3, FRAMES, FRAME_SIZE, FRAME_SIZE)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+    assert latents.shape == (1, 8, 5, 8, 8)
+    assert (vae.config.scale_factor_temporal, vae.config.scale_factor_spatial) == (2, 4)
+
+
+def test_training_sigmas_follow_the_samplers_shift():
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+    scheduler.set_timesteps(20)
+    unshifted = torch.linspace(1.0, float(scheduler.sigma_min), 20)  # the sampler's grid before its shift
+    torch.testing.assert_close(shifted_sigmas(unshifted), scheduler.sigmas[:-1].float(), rtol=1e-5, atol=1e-6)
+
+
+def test_saved_pipeline_loads_with_stock_diffusers_and_samples_clips(trained):
+    pipe = WanPipeline.from_pretrained(str(trained))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.vae, AutoencoderKLWan) and pipe.vae_scale_factor_temporal == 2
+    assert pipe.scheduler.config.shift == FLOW_SHIFT
+    stds = np.asarray(pipe.vae.config.latents_std)
+    assert stds.shape == (8,) and np.all(stds > 0) and not np.allclose(stds, 1.0)  # set from the training latents
+    frames = pipe(PROMPTS, height=FRAME_SIZE, width=FRAME_SIZE, num_frames=FRAMES, num_inference_steps=2,
+                  guidance_scale=2.0, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (2, FRAMES, FRAME_SIZE, FRAME_SIZE, 3) and np.isfinite(frames).all()
+
+
+def test_training_prompt_embeddings_equal_the_pipelines(trained):
+    """The denoiser trains on exactly what WanPipeline.encode_prompt gives it at sampling time (512 positions,
+    zeros past each prompt), so the shipped model sees no train/sample mismatch."""
+    pipe = WanPipeline.from_pretrained(str(trained))
+    with torch.no_grad():
+        ours = encode_prompts(pipe.tokenizer, pipe.text_encoder, [*PROMPTS, ""])
+        theirs, _ = pipe.encode_prompt([*PROMPTS, ""], do_classifier_free_guidance=False, max_sequence_length=512,
+                                       device="cpu")  # __call__ passes 512
+    assert ours.shape == theirs.shape == (3, 512, 32)
+    torch.testing.assert_close(ours, theirs)
