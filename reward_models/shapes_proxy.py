@@ -65,7 +65,7 @@ class ShapesProxyReward(OpenClipReward):
     """
 
     name = "shapes_proxy"
-    scale = "logit_scale × cosine(text, image); shipped model: logit_scale ≈ 22.4, matching renders ≈ 17-22, others ≈ 0"
+    scale = "logit_scale × cosine(text, image); shipped model: logit_scale ≈ 38.0, matching renders ≈ 33-36, others ≈ -3 to 32"
 
     def __init__(
         self,

@@ -3,7 +3,8 @@
 The loop a user runs on real models, at toy scale and with a ground truth:
 
 1. **generate** (:func:`~diffusion_align.generate.generate_dataset`): the shipped pipeline draws K candidates for
-   training-split prompts; the learned proxy reward ranks them; best-vs-worst pairs are written as Pick-a-Pic Parquet.
+   training-split prompts; the learned proxy reward ranks them; the pairs with the largest
+   proxy gaps (``generate.pairs``: FiFA-style by default) are written as Pick-a-Pic Parquet.
 2. **align** (:func:`diffusion_align.train.loop.run`): the configured method (default DPO-LoRA) on those pairs.
 3. **evaluate** (:func:`~diffusion_align.evaluate.evaluate_models`): base and aligned models sample the held-out
    prompts with identical seeds; the exact reward and the proxy score both; win rates and means get bootstrap

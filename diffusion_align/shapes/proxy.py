@@ -8,7 +8,8 @@ measures it on held-out prompts (:func:`evaluate_proxy`) and writes the figures 
 Batches are groups: an anchor prompt and up to ``group_size - 1`` train prompts that differ from it in one
 attribute, the same attribute for the whole group (:func:`sample_batch`), so every batch holds the hard negatives
 the proxy must tell apart. Training is seeded and single-threaded (``torch.set_num_threads(1)``): the same seed
-gives the same weights on one machine. The defaults take about 4-6 minutes on one busy CPU core.
+gives the same weights on one machine. The defaults take about 9 minutes on one busy CPU core (1,200 steps gave
+held-out accuracy 0.88, shape 0.65; 4,000 give 0.95, shape 0.79).
 
 The shipped model (``diffusion_align/shapes/assets/proxy/``) is this command's output with the defaults; its
 ``training.json`` holds its held-out figures.
@@ -71,7 +72,7 @@ class ProxyTrainingConfig:
         seed: seeds the weights, the renders and the batches.
     """
 
-    steps: int = 1200
+    steps: int = 4000
     batch_size: int = 64
     group_size: int = 4
     renders_per_prompt: int = 4

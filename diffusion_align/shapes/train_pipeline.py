@@ -10,9 +10,14 @@ linear schedule (``--schedule``; ``SCHEDULES`` says why not SD's scaled-linear o
 classifier-free guidance works, with an EMA of the weights saved;
 (3) the parts saved as a ``StableDiffusionPipeline`` directory (DDIM sampler, no safety checker) that loads with
 ``StableDiffusionPipeline.from_pretrained``. Training images are rendered from the train split only (held-out
-combinations are never shown) and encoded once. The default budget (3,000 UNet steps of batch 32, about an hour of
-a 2-core CPU after the autoencoder) is what a CPU allows; prompt following keeps improving well past it, so on a GPU
-raise ``--unet-steps`` (and save with ``--save-every`` to follow the exact reward as it trains).
+combinations are never shown) and encoded once. The default budget is 3,000 UNet steps of batch 32 (about an hour
+of a 2-core CPU after the autoencoder); save with ``--save-every`` to follow the exact reward as it trains.
+
+The shipped pipeline's history is in its ``training_config.json`` (``lineage``): 5,000 ε-prediction steps (first on
+SD's scaled-linear betas, then on the linear ones) left it at a held-out exact reward of 0.38, with prompt-independent
+backgrounds; 500 further steps with v-prediction (``--init-from``) brought it to 0.85 (guidance 2, 10 DDIM steps,
+48 held-out prompts): backgrounds 1.0, colours 0.79, shapes 0.48. That is where it was stopped, since the Shapes
+world wants a model that follows prompts often but imperfectly, with room for alignment.
 """
 
 from __future__ import annotations
