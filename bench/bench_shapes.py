@@ -1,11 +1,11 @@
 """Every method on the Shapes world, one fixed budget, one table.
 
 One dataset is generated once (the shipped pipeline's candidates ranked by the proxy reward, as ``diffalign demo``
-does); each method then trains for the same number of steps on it (pairwise methods on best-vs-worst pairs,
-RankDPO on the ranked lists, KTO on the unpaired view; the online step-level methods use its prompts: SPO scores
-each step's candidates by the proxy reward of their decoded x̂0, LPO by a latent reward model trained first on the
-dataset's proxy-labelled pairs with ``diffalign train-lrm``'s recipe) and is evaluated against the base model on the held-out
-prompts with identical seeds. Columns: exact reward before / after (mean over held-out samples), the aligned
+does); each method then trains for the same number of steps on it (pairwise methods on the demo's pairs, the
+proxy's most confident ones, RankDPO on the ranked lists, KTO on the unpaired view; the online step-level methods
+use its prompts: SPO scores each step's candidates by the proxy reward of their decoded x̂0, LPO by a latent reward
+model trained first on the dataset's proxy-labelled pairs with ``diffalign train-lrm``'s recipe) and is evaluated
+against the base model on the held-out prompts with identical seeds. Columns: exact reward before / after (mean over held-out samples), the aligned
 model's win rate over the base under the exact reward (95% bootstrap interval over prompts), the proxy-reward gain
 (a proxy gain the exact reward does not share is reward hacking), and training + evaluation wall time.
 
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per method")
-    parser.add_argument("--prompts", type=int, default=320, help="training prompts generated")
+    parser.add_argument("--prompts", type=int, default=384, help="training prompts generated (the demo's number)")
     parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: all 324)")
     parser.add_argument("--lrm-steps", type=int, default=300, help="training steps of LPO's latent reward model")
     parser.add_argument("--out", default=None, help="working directory (default: a temporary one)")
