@@ -301,9 +301,10 @@ def train_denoiser(
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 200) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps`` (``steps`` 0: a stage that is skipped)."""
+    total = max(1, steps)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
     )
 
 
