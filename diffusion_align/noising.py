@@ -21,7 +21,8 @@ negative level is ``ā[0]`` (``set_alpha_to_one=False`` in the SD configs). Only
 ``t_train``: ``target = (z - sqrt(ā[t_train]) x_0) / sqrt(1 - ā[t_train])``.
 
 These functions take the denoiser as a callable ``eps_fn(z, t) -> ε̂`` with ``t`` a ``[B]`` long tensor, so they serve
-any ε-prediction model; the trainer supplies the policy with its adapters on.
+any model on a discrete schedule: the trainer supplies the policy with its adapters on, a v-prediction model's output
+converted to ε (:func:`x0_and_eps`).
 """
 
 from __future__ import annotations
