@@ -19,9 +19,8 @@ Training clips are rendered from the train split only and encoded once.
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,12 @@ from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from diffusion_align.moving_shapes.render import render_clips
 from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, MovingShapesPrompt, split_prompts
-from diffusion_align.shapes.train_pipeline import averaged_weights, save_pipeline, warmup_cosine
+from diffusion_align.shapes.train_pipeline import (
+    averaged_weights,
+    parse_training_args,
+    save_pipeline,
+    warmup_cosine,
+)
 from diffusion_align.testing.tiny_text import t5_tokenizer
 
 LATENT_CHANNELS = 8
@@ -311,13 +315,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="pipeline directory to write (the autoencoder also goes to OUT.vae)")
-    for field, default in asdict(VideoTrainConfig()).items():
-        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    train_pipeline(out, VideoTrainConfig(**args))
+    train_pipeline(*parse_training_args(VideoTrainConfig, __doc__.split("\n\n")[0], argv))
 
 
 if __name__ == "__main__":

@@ -395,14 +395,23 @@ def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_training_args(config_class, description: str, argv: list[str] | None = None):
+    """``--out OUT`` plus one ``--field-name`` option per field of the ``config_class`` dataclass (its defaults).
+
+    Returns:
+        ``(out, config)``.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, help="pipeline directory to write (the autoencoder also goes to OUT.vae)")
-    for field, default in asdict(TrainConfig()).items():
+    for field, default in asdict(config_class()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
-    train_pipeline(out, TrainConfig(**args))
+    return out, config_class(**args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    train_pipeline(*parse_training_args(TrainConfig, __doc__.split("\n\n")[0], argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffusion_align.shapes.train_pipeline import SCHEDULES, TrainConfig, assemble, train_pipeline
+from diffusion_align.shapes.train_pipeline import (
+    SCHEDULES,
+    TrainConfig,
+    assemble,
+    parse_training_args,
+    train_pipeline,
+)
 from diffusion_align.shapes.world import IMAGE_SIZE
 
 
@@ -50,3 +56,8 @@ def test_unknown_prediction_type_is_refused(tmp_path):
 def test_unknown_schedule_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--schedule 'cosine': expected one of"):
         train_pipeline(tmp_path / "out", TrainConfig(schedule="cosine"))
+
+
+def test_command_line_options_are_the_config_fields():
+    out, cfg = parse_training_args(TrainConfig, "train", ["--out", "dir", "--unet-steps", "7", "--prediction-type", "epsilon"])
+    assert out == "dir" and cfg == TrainConfig(unet_steps=7, prediction_type="epsilon")
