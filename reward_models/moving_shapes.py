@@ -58,11 +58,12 @@ from diffusion_align.moving_shapes.world import (
     parse_prompt,
 )
 from diffusion_align.shapes.world import COLORS, SHAPES
-from reward_models.base import Images, RewardModel, as_pil_images
+from reward_models.base import Images, as_pil_images
 from reward_models.shapes import (
     COLOR_RAMP,
     OBJECT_DISTANCE,
     ObjectMeasurements,
+    PixelMeasuringReward,
     Ramp,
     border_median,
     coverage,
@@ -279,7 +280,7 @@ def check_ranges(ranges: Sequence[tuple[int, int]], n_frames: int) -> list[tuple
     return checked
 
 
-class MovingShapesReward(RewardModel):
+class MovingShapesReward(PixelMeasuringReward):
     """The exact Moving Shapes reward: mean of per-attribute soft scores in [0, 1] (see the module docstring).
 
     A :class:`~reward_models.base.RewardModel`, so ensembles, ``diffalign score`` and the evaluation's clip
@@ -298,31 +299,11 @@ class MovingShapesReward(RewardModel):
              "and consistency of the motion), 0-1")
 
     def __init__(self, batch_size: int = 16, device: str | torch.device = "cpu") -> None:
-        super().__init__(batch_size)
-        if torch.device(device).type != "cpu":
-            raise ValueError("MovingShapesReward measures clips on the CPU (numpy, no weights): device must "
-                             f"be 'cpu', got {device!r}")
-        self.freeze()
+        super().__init__(batch_size, device)
 
-    @property
-    def device(self) -> torch.device:
-        """The CPU, where the measuring runs."""
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """float32, the dtype of the measurements and scores."""
-        return torch.float32
-
-    def parse_prompts(self, prompts: Sequence[str] | None, n_clips: int) -> list[MovingShapesPrompt]:
-        """Prompts parsed with the Moving Shapes grammar; ``ValueError`` names a bad one and its index."""
-        parsed = []
-        for i, text in enumerate(self.check_prompts(prompts, n_clips)):
-            try:
-                parsed.append(parse_prompt(text))
-            except ValueError as error:
-                raise ValueError(f"prompts[{i}]: {error}") from None
-        return parsed
+    @staticmethod
+    def parse_prompt(text: str) -> MovingShapesPrompt:
+        return parse_prompt(text)
 
     def measure_clips(self, clips: Clips, batch_size: int | None = None) -> ClipMeasurements:
         """Measure every frame of N clips (any :func:`clips_to_rgb` input), ``batch_size`` clips per batch."""

@@ -29,6 +29,7 @@ Measuring runs with numpy (about 2 ms per image on one core).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -238,7 +239,50 @@ def shape_margin(shape_iou: Tensor, shape_index: Tensor) -> Tensor:
     return named - others.clamp_min(SHAPE_IOU_FLOOR)
 
 
-class ShapesReward(RewardModel):
+class PixelMeasuringReward(RewardModel):
+    """A reward measured from pixels with numpy against prompts of a world's grammar: no weights, CPU only.
+
+    Subclasses give :meth:`parse_prompt` (the grammar's parser); :meth:`parse_prompts` checks and parses a batch.
+
+    Args:
+        batch_size: images (or clips) measured together when the call gives none.
+        device: must be a CPU device (``diffalign score`` passes its ``device`` to every reward).
+    """
+
+    def __init__(self, batch_size: int, device: str | torch.device = "cpu") -> None:
+        super().__init__(batch_size)
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{type(self).__name__} measures pixels on the CPU (numpy, no weights): device must be "
+                             f"'cpu', got {device!r}")
+        self.freeze()
+
+    @property
+    def device(self) -> torch.device:
+        """The CPU, where the measuring runs."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32, the dtype of the measurements and scores."""
+        return torch.float32
+
+    @staticmethod
+    @abstractmethod
+    def parse_prompt(text: str):
+        """One prompt of the world's grammar; ``ValueError`` naming the sentence otherwise."""
+
+    def parse_prompts(self, prompts: Sequence[str] | None, n_items: int) -> list:
+        """Checked prompts parsed with the world's grammar; ``ValueError`` names a prompt outside it and its index."""
+        parsed = []
+        for i, text in enumerate(self.check_prompts(prompts, n_items)):
+            try:
+                parsed.append(self.parse_prompt(text))
+            except ValueError as error:
+                raise ValueError(f"prompts[{i}]: {error}") from None
+        return parsed
+
+
+class ShapesReward(PixelMeasuringReward):
     """The exact Shapes reward: mean of per-attribute soft scores in [0, 1] (see the module docstring).
 
     It has no weights: images are measured with numpy on the CPU (single-threaded, which is fastest for 64 x 64
@@ -253,30 +297,11 @@ class ShapesReward(RewardModel):
     scale = "mean of per-attribute soft scores (background, object, colour, shape, size, position), 0-1"
 
     def __init__(self, batch_size: int = 64, device: str | torch.device = "cpu") -> None:
-        super().__init__(batch_size)
-        if torch.device(device).type != "cpu":
-            raise ValueError(f"ShapesReward measures images on the CPU (numpy, no weights): device must be 'cpu', got {device!r}")
-        self.freeze()
+        super().__init__(batch_size, device)
 
-    @property
-    def device(self) -> torch.device:
-        """The CPU, where the measuring runs."""
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """float32, the dtype of the measurements and scores."""
-        return torch.float32
-
-    def parse_prompts(self, prompts: Sequence[str] | None, n_images: int) -> list[ShapesPrompt]:
-        """Checked prompts parsed with the Shapes grammar; ``ValueError`` names a prompt outside it and its index."""
-        parsed = []
-        for i, text in enumerate(self.check_prompts(prompts, n_images)):
-            try:
-                parsed.append(parse_prompt(text))
-            except ValueError as error:
-                raise ValueError(f"prompts[{i}]: {error}") from None
-        return parsed
+    @staticmethod
+    def parse_prompt(text: str) -> ShapesPrompt:
+        return parse_prompt(text)
 
     def compare(self, measured: ObjectMeasurements, prompts: list[ShapesPrompt]) -> dict[str, Tensor]:
         """Per-component scores ``{name: [n]}`` of measured images against parsed prompts (NaN: not applicable)."""

@@ -33,9 +33,10 @@ from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 from diffusion_align.moving_shapes.render import render_clips
 from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, MovingShapesPrompt, split_prompts
 from diffusion_align.shapes.train_pipeline import (
-    averaged_weights,
     parse_training_args,
+    save_averaged,
     save_pipeline,
+    update,
     warmup_cosine,
 )
 from diffusion_align.testing.tiny_text import t5_tokenizer
@@ -245,19 +246,11 @@ def train_denoiser(
             encoder_hidden_states=encode_prompts(tokenizer, text_encoder, texts), return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, noise - latents)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        if ema is not None:
-            ema.step(params)
+        update(loss, params, optimizer, schedule, ema)
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"transformer step {step}: loss {loss.item():.5f}")
         if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            with averaged_weights(ema, params):
-                checkpoint(transformer.eval(), text_encoder.eval(), step + 1)
-            transformer.train(), text_encoder.train()
+            save_averaged(checkpoint, (transformer, text_encoder), ema, params, step + 1)
     if ema is not None:
         ema.copy_to(params)
     return transformer.eval(), text_encoder.eval()

@@ -282,22 +282,33 @@ def train_denoiser(
         prediction = unet(noisy, timesteps, _encode_prompts(tokenizer, text_encoder, texts)).sample
         target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
         loss = F.mse_loss(prediction, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        if ema is not None:
-            ema.step(params)
+        update(loss, params, optimizer, schedule, ema)
         if step % 100 == 0 or step == cfg.unet_steps - 1:
             log(f"unet step {step}: loss {loss.item():.5f}")
         if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            with averaged_weights(ema, params):
-                checkpoint(unet.eval(), text_encoder.eval(), step + 1)
-            unet.train(), text_encoder.train()
+            save_averaged(checkpoint, (unet, text_encoder), ema, params, step + 1)
     if ema is not None:
         ema.copy_to(params)
     return unet.eval(), text_encoder.eval()
+
+
+def update(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, schedule, ema: EMAModel | None) -> None:
+    """One optimizer step on ``loss``: gradients clipped to norm 1, the LR schedule and the EMA advanced."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    if ema is not None:
+        ema.step(params)
+
+
+def save_averaged(checkpoint, models: tuple, ema: EMAModel | None, params: list, step: int) -> None:
+    """``checkpoint(*models, step)`` with the EMA weights swapped in and the models in eval mode, then back to training."""
+    with averaged_weights(ema, params):
+        checkpoint(*(model.eval() for model in models), step)
+    for model in models:
+        model.train()
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 200) -> torch.optim.lr_scheduler.LambdaLR:
