@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from diffusion_align.moving_shapes.world import (
     DIRECTIONS,
@@ -23,7 +22,7 @@ from diffusion_align.moving_shapes.world import (
     SPEED,
     MovingShapesPrompt,
 )
-from diffusion_align.shapes.render import SUPERSAMPLE, draw_shape, jittered_rgb
+from diffusion_align.shapes.render import draw_antialiased, jittered_rgb
 from diffusion_align.shapes.world import COLORS
 
 
@@ -103,13 +102,7 @@ def render_clip(
     centres, half = trajectory(prompt, rng, jitter, frames)
     background = jittered_rgb(COLORS[prompt.bg], jitter.background, rng)
     fill = jittered_rgb(COLORS[prompt.color], jitter.color, rng)
-    s, big = SUPERSAMPLE, FRAME_SIZE * SUPERSAMPLE
-    clip = []
-    for cx, cy in centres:
-        canvas = Image.new("RGB", (big, big), background)
-        draw_shape(ImageDraw.Draw(canvas), prompt.shape, cx * s, cy * s, half * s, fill)
-        clip.append(np.asarray(canvas.resize((FRAME_SIZE, FRAME_SIZE), Image.Resampling.BOX)))
-    return np.stack(clip)
+    return np.stack([draw_antialiased(FRAME_SIZE, background, prompt.shape, cx, cy, half, fill) for cx, cy in centres])
 
 
 def render_clips(

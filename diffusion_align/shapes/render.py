@@ -79,11 +79,16 @@ def render(prompt: ShapesPrompt, rng: np.random.Generator, jitter: Jitter = Jitt
     cx, cy, half = object_geometry(prompt, rng, jitter)
     background = jittered_rgb(COLORS[prompt.bg], jitter.background, rng)
     fill = jittered_rgb(COLORS[prompt.color], jitter.color, rng)
-    big = IMAGE_SIZE * SUPERSAMPLE
-    canvas = Image.new("RGB", (big, big), background)
+    return draw_antialiased(IMAGE_SIZE, background, prompt.shape, cx, cy, half, fill)
+
+
+def draw_antialiased(size: int, background, shape: str, cx: float, cy: float, half: float, fill) -> np.ndarray:
+    """One ``size`` x ``size`` image of ``shape`` (centre and half-extent in its pixels) on a flat background, drawn
+    at :data:`SUPERSAMPLE` x resolution and box-downsampled: ``uint8 [size, size, 3]``."""
     s = SUPERSAMPLE
-    draw_shape(ImageDraw.Draw(canvas), prompt.shape, cx * s, cy * s, half * s, fill)
-    return np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))
+    canvas = Image.new("RGB", (size * s, size * s), background)
+    draw_shape(ImageDraw.Draw(canvas), shape, cx * s, cy * s, half * s, fill)
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX))
 
 
 def render_batch(prompts: list[ShapesPrompt], seed: int, jitter: Jitter = Jitter()) -> np.ndarray:
