@@ -76,7 +76,7 @@ def train_lrm_for_lpo(data_root: Path, work: Path, steps: int) -> Path:
 def run_method(name: str, data_root: Path, work: Path, common: list[str]) -> dict:
     from accelerate.state import AcceleratorState
 
-    from diffusion_align.shapes import demo
+    from diffusion_align import demo
 
     AcceleratorState._reset_state(reset_partial_state=True)
     overrides = [*(["method=dpo"] if name == "dpo" else []), *METHODS[name], *common]
@@ -122,7 +122,7 @@ def main() -> None:
     if args.eval_prompts:
         common.append(f"evaluate.num_prompts={args.eval_prompts}")
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_shapes_"))
-    from diffusion_align.shapes import demo
+    from diffusion_align import demo
 
     started = time.perf_counter()
     generated = demo.generate_stage(compose(work, common), work)

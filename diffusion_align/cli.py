@@ -34,7 +34,8 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("generate a ranked preference dataset (Syn-Pic style) as Parquet", "diffusion_align.generate.run:run"),
     "score": Command("score images (folder or Parquet) with reward models", "reward_models.scoring:run"),
     "evaluate": Command("compare models side by side: win rates, grids, HTML report", "diffusion_align.evaluate.run:run"),
-    "demo": Command("the Shapes world end to end: generate, rank, align, evaluate", "diffusion_align.shapes.demo:run"),
+    "demo": Command("an embedded world end to end (world=shapes | moving_shapes): generate, rank, align, evaluate",
+                    "diffusion_align.demo:run"),
 }
 
 

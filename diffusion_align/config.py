@@ -152,10 +152,12 @@ def resolve_tiny_data(kind: str) -> str:
 
 
 def resolve_shapes_model(name: str) -> str:
-    """OmegaConf resolver ``${shapes_model:pipeline}``: the path of a model shipped with the Shapes world."""
+    """OmegaConf resolver ``${shapes_model:pipeline}`` (the Shapes world's text-to-image pipeline) or
+    ``${shapes_model:video_pipeline}`` (the Moving Shapes world's text-to-video one): a shipped model's path."""
+    from diffusion_align.moving_shapes import assets as video_assets
     from diffusion_align.shapes import assets
 
-    shipped = {"pipeline": assets.shipped_pipeline_path}
+    shipped = {"pipeline": assets.shipped_pipeline_path, "video_pipeline": video_assets.shipped_pipeline_path}
     if name not in shipped:
         raise ConfigError(f"${{shapes_model:{name}}}: unknown shipped model; expected one of {sorted(shipped)}")
     return str(shipped[name]())

@@ -11,6 +11,8 @@ RewardEnsemble     any of the above                            mean of per-model
 ShapesReward       Shapes world, measured from pixels (exact)  mean of per-attribute soft scores, 0-1
 ShapesProxyReward  tiny open_clip CLIP trained on Shapes        logit_scale × cosine (learned scale)
 MovingShapesReward Moving Shapes clips, from pixels (exact)    mean of per-attribute and motion scores, 0-1
+MovingShapesFrame- the Shapes proxy on each frame of a clip,   the Shapes proxy's
+  ProxyReward      prompted without the motion words
 =================  ==========================================  ===============================================
 
 Configs: ``conf/reward/*.yaml``; command: ``diffalign score`` (:func:`reward_models.scoring.run`).
@@ -23,6 +25,7 @@ from reward_models.ensemble import RewardEnsemble, normalized_ranks, zscore
 from reward_models.hps import HPSReward
 from reward_models.loading import WeightLoadingError
 from reward_models.moving_shapes import MovingShapesReward
+from reward_models.moving_shapes_proxy import MovingShapesFrameProxyReward
 from reward_models.pickscore import PickScoreReward
 from reward_models.preprocessing import ClipPreprocessing
 from reward_models.shapes import ShapesReward
@@ -36,6 +39,7 @@ __all__ = [
     "ClipRewardModel",
     "ClipScoreReward",
     "HPSReward",
+    "MovingShapesFrameProxyReward",
     "MovingShapesReward",
     "PickScoreReward",
     "RewardEnsemble",

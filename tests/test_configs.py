@@ -38,10 +38,11 @@ GROUP_PRIMARY = {
     "timesteps": "train",
     "trainer": "train",
     "trainer/optimizer": "train",
+    "world": "demo",
 }
 # train.yaml's defaults list has no `experiment` entry: presets are appended (`+experiment=name`), after every group.
 APPENDED_GROUPS = {"experiment"}
-EXPECTED_FILE_COUNT = 76  # YAML files under conf/ outside hydra/ and accelerate/: update when adding one (and check it is covered)
+EXPECTED_FILE_COUNT = 81  # YAML files under conf/ outside hydra/ and accelerate/: update when adding one (and check it is covered)
 BITSANDBYTES_MISSING = importlib.util.find_spec("bitsandbytes") is None
 
 

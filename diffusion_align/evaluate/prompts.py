@@ -159,6 +159,18 @@ def load_shapes_held_out(limit: int | None = None, subset_seed: int | None = Non
     return select_prompts("shapes_held_out", [prompt.text for prompt in held_out], categories, limit, subset_seed)
 
 
+def load_moving_shapes_held_out(limit: int | None = None, subset_seed: int | None = None) -> PromptSet:
+    """The Moving Shapes world's held-out prompts (the image world's held-out combinations, every motion);
+    category = the (colour, shape, background) combination."""
+    from diffusion_align.moving_shapes.world import split_prompts
+
+    held_out = split_prompts("held_out")
+    categories = [" ".join(prompt.combination) for prompt in held_out]
+    return select_prompts(
+        "moving_shapes_held_out", [prompt.text for prompt in held_out], categories, limit, subset_seed
+    )
+
+
 def load_partiprompts(path: str | Path, limit: int | None = None, subset_seed: int | None = None) -> PromptSet:
     """PartiPrompts (Yu et al. 2022): ``PartiPrompts.tsv`` (or a .csv / .parquet copy), columns ``Prompt``, ``Category``."""
     path = _require_file(

@@ -3,7 +3,8 @@
 Sources, by what ``source`` names:
 
 * a named set (a key of :data:`NAMED_PROMPT_SETS`): ``shapes_train``, ``shapes_held_out`` (the Shapes world's
-  split, :func:`diffusion_align.shapes.world.split_prompts`);
+  split, :func:`diffusion_align.shapes.world.split_prompts`), ``moving_shapes_train``, ``moving_shapes_held_out``
+  (the Moving Shapes world's, :func:`diffusion_align.moving_shapes.world.split_prompts`);
 * ``*.txt``: one prompt per line; blank lines are skipped, surrounding whitespace is stripped;
 * ``*.csv`` / ``*.parquet``: the column ``column`` (every value a non-empty string).
 
@@ -28,9 +29,18 @@ def shapes_prompts(split: str) -> list[str]:
     return [prompt.text for prompt in split_prompts(split)]
 
 
+def moving_shapes_prompts(split: str) -> list[str]:
+    """The sentences of the Moving Shapes world's ``train`` or ``held_out`` split, in the world's fixed order."""
+    from diffusion_align.moving_shapes.world import split_prompts
+
+    return [prompt.text for prompt in split_prompts(split)]
+
+
 NAMED_PROMPT_SETS: dict[str, Callable[[], list[str]]] = {
     "shapes_train": lambda: shapes_prompts("train"),
     "shapes_held_out": lambda: shapes_prompts("held_out"),
+    "moving_shapes_train": lambda: moving_shapes_prompts("train"),
+    "moving_shapes_held_out": lambda: moving_shapes_prompts("held_out"),
 }
 
 

@@ -3,8 +3,12 @@
 * :mod:`~diffusion_align.moving_shapes.world`: the prompt grammar, motion constants and the train / held-out
   split (the image Shapes world's held-out combinations).
 * :mod:`~diffusion_align.moving_shapes.render`: the procedural clip renderer (ground truth and training data).
+* :mod:`~diffusion_align.moving_shapes.train_pipeline`: trains the shipped ``WanPipeline``.
+* ``diffalign demo world=moving_shapes`` (:mod:`diffusion_align.demo`): the whole loop for video: Flow-DPO or
+  DenseDPO on proxy-labelled clips, judged by the exact video reward.
 
-Reward: ``reward_models.moving_shapes.MovingShapesReward`` (exact, from pixels; per clip and per segment).
+Rewards: ``reward_models.MovingShapesReward`` (exact, from pixels; per clip and per segment) and
+``reward_models.MovingShapesFrameProxyReward`` (the image world's learned proxy on each frame; motion-blind).
 """
 
 from diffusion_align.moving_shapes.render import (

@@ -5,7 +5,7 @@
 Three stages, all seeded, mirroring :mod:`diffusion_align.shapes.train_pipeline`:
 
 1. a tiny ``AutoencoderKLWan`` (Wan's causal 3D VAE) trained for reconstruction of 9-frame 32 x 32 clips, with
-   4x spatial and 2x temporal compression (``[3, 9, 32, 32]`` pixels <-> ``[8, 5, 8, 8]`` latents); its
+   2x spatial and 2x temporal compression (``[3, 9, 32, 32]`` pixels <-> ``[8, 5, 16, 16]`` latents); its
    ``latents_mean`` / ``latents_std`` are set per channel from the training latents, as Wan's are;
 2. a tiny ``WanTransformer3DModel`` and ``UMT5EncoderModel`` trained jointly with Wan's rectified-flow objective
    (``x_σ = (1-σ)·x0 + σ·ε``, target ``ε - x0``, timestep ``σ·1000``, σ drawn uniformly and shifted as the
@@ -55,7 +55,7 @@ class VideoTrainConfig:
     seed: int = 0
     vae_steps: int = 1500
     vae_batch: int = 8
-    vae_lr: float = 1e-3
+    vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     renders_per_prompt: int = 4
     steps: int = 4000
@@ -71,22 +71,24 @@ class VideoTrainConfig:
 
 
 def build_vae() -> AutoencoderKLWan:
-    """Wan's causal 3D VAE, 3 levels (16, 32, 32 channels): 4x in space, 2x in time, 8 latent channels.
+    """Wan's causal 3D VAE, 2 levels (16, 32 channels): 2x in space, 2x in time, 8 latent channels.
 
     Wan's encoder reads the first frame alone, then 4 frames at a time; one temporal downsampling turns each
     chunk of 4 into 2 latent frames, so 9 frames give 5. ``scale_factor_*`` tell ``WanPipeline`` the compression.
+    2x in space, not Wan's 8x: the objects are 6 to 13 px wide, and a 4x autoencoder of this size still
+    reconstructed clips with a mean squared error of 0.089 after 800 steps (0.063 after 300 steps at 2x).
     The posterior log-variance starts at -10 so reconstructions from samples are informative from the first step.
     """
     vae = AutoencoderKLWan(
         base_dim=16,
         z_dim=LATENT_CHANNELS,
-        dim_mult=[1, 2, 2],
+        dim_mult=[1, 2],
         num_res_blocks=1,
-        temperal_downsample=[False, True],
+        temperal_downsample=[True],
         latents_mean=[0.0] * LATENT_CHANNELS,
         latents_std=[1.0] * LATENT_CHANNELS,
         scale_factor_temporal=2,
-        scale_factor_spatial=4,
+        scale_factor_spatial=2,
     )
     with torch.no_grad():
         vae.quant_conv.weight[LATENT_CHANNELS:] = 0.0
@@ -115,9 +117,13 @@ def build_text_encoder(tokenizer: T5Tokenizer) -> UMT5EncoderModel:
 
 
 def build_transformer() -> WanTransformer3DModel:
-    """``WanTransformer3DModel``: 4 blocks of width 64 (4 heads x 16), patch 1 x 2 x 2 -> 5 x 4 x 4 = 80 tokens."""
+    """``WanTransformer3DModel``: 4 blocks of width 64 (4 heads x 16), patch 1 x 4 x 4 -> 5 x 4 x 4 = 80 tokens.
+
+    Patches of 4 x 4 latent pixels (8 x 8 px of two frames), not Wan's 2 x 2: 320 tokens made a training step
+    3.5x slower on a CPU core (1.5 s against 0.43 s for 32 clips).
+    """
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
+        patch_size=(1, 4, 4),
         num_attention_heads=4,
         attention_head_dim=16,
         in_channels=LATENT_CHANNELS,
@@ -167,7 +173,7 @@ def encode_renders(
     """Render every prompt ``renders_per_prompt`` times and encode once.
 
     Returns:
-        Posterior means and standard deviations ``[N, 8, 5, 8, 8]`` (unnormalised) and each row's prompt index.
+        Posterior means and standard deviations ``[N, 8, 5, 16, 16]`` (unnormalised) and each row's prompt index.
     """
     index = [i for i in range(len(prompts)) for _ in range(renders_per_prompt)]
     means, stds = [], []

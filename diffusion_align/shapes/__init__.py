@@ -4,7 +4,7 @@
 * :mod:`~diffusion_align.shapes.render`: the procedural renderer (ground truth and training data).
 * :mod:`~diffusion_align.shapes.train_pipeline`: trains the shipped ``StableDiffusionPipeline``.
 * :mod:`~diffusion_align.shapes.proxy`: trains the shipped proxy reward (a tiny open_clip model).
-* :mod:`~diffusion_align.shapes.demo`: ``diffalign demo``, the whole loop: generate, rank, align, evaluate.
+* ``diffalign demo`` (:mod:`diffusion_align.demo`): the whole loop in this world: generate, rank, align, evaluate.
 
 Rewards: ``reward_models.ShapesReward`` (exact, from pixels) and ``reward_models.ShapesProxyReward`` (learned).
 """

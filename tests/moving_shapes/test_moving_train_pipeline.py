@@ -27,13 +27,13 @@ def trained(tmp_path_factory):
     return train_pipeline(out, cfg)
 
 
-def test_vae_compresses_9_frames_to_5_latent_frames_of_8x8():
+def test_vae_compresses_9_frames_to_5_latent_frames_of_16x16():
     vae = build_vae().eval()
     pixels = torch.zeros(1, 3, FRAMES, FRAME_SIZE, FRAME_SIZE)
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mean
-    assert latents.shape == (1, 8, 5, 8, 8)
-    assert (vae.config.scale_factor_temporal, vae.config.scale_factor_spatial) == (2, 4)
+    assert latents.shape == (1, 8, 5, 16, 16)
+    assert (vae.config.scale_factor_temporal, vae.config.scale_factor_spatial) == (2, 2)
 
 
 def test_training_sigmas_follow_the_samplers_shift():

@@ -12,6 +12,7 @@ from reward_models import (
     AestheticReward,
     ClipScoreReward,
     HPSReward,
+    MovingShapesFrameProxyReward,
     MovingShapesReward,
     PickScoreReward,
     RewardEnsemble,
@@ -32,9 +33,10 @@ EXPECTED_CLASSES = {
     "shapes": ShapesReward,
     "shapes_proxy": ShapesProxyReward,
     "moving_shapes": MovingShapesReward,
+    "moving_shapes_proxy": MovingShapesFrameProxyReward,
 }
 # no weights / the shipped Shapes proxy (a few MB) loads as it is
-NO_TINY_WEIGHTS = {"shapes", "shapes_proxy", "moving_shapes"}
+NO_TINY_WEIGHTS = {"shapes", "shapes_proxy", "moving_shapes", "moving_shapes_proxy"}
 # Prompts of the Shapes grammar, which every reward here accepts (the Shapes rewards accept nothing else) but the
 # Moving Shapes reward, which takes its own grammar.
 SHAPES_PROMPTS = ["a red circle on a blue background", "a small green square at the left on a white background"]
@@ -66,7 +68,7 @@ def test_reward_config_instantiates_on_tiny_weights(name, tiny_reward_kwargs, re
         cfg = compose(config_name="score", overrides=overrides)
     model = build(cfg.reward)
     assert type(model) is EXPECTED_CLASSES[name] and isinstance(model, RewardModel)
-    prompts = MOVING_PROMPTS if name == "moving_shapes" else SHAPES_PROMPTS
+    prompts = MOVING_PROMPTS if name.startswith("moving_shapes") else SHAPES_PROMPTS
     assert model.score(reward_images[:2], prompts).shape == (2,)
 
 

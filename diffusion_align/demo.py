@@ -1,11 +1,15 @@
-"""``diffalign demo``: generate, rank, align and evaluate in the Shapes world, on a CPU, in minutes.
+"""``diffalign demo``: generate, rank, align and evaluate in an embedded world, on a CPU, in minutes.
 
-The loop a user runs on real models, at toy scale and with a ground truth:
+The loop a user runs on real models, at toy scale and with a ground truth, in one of two worlds (``world=``):
+``shapes`` (images, :mod:`diffusion_align.shapes`) or ``moving_shapes`` (video, :mod:`diffusion_align.moving_shapes`).
 
 1. **generate** (:func:`~diffusion_align.generate.generate_dataset`): the shipped pipeline draws K candidates for
    training-split prompts; the learned proxy reward ranks them; the pairs with the largest
-   proxy gaps (``generate.pairs``: FiFA-style by default) are written as Pick-a-Pic Parquet.
-2. **align** (:func:`diffusion_align.train.loop.run`): the configured method (default DPO-LoRA) on those pairs.
+   proxy gaps (``generate.pairs``: FiFA-style by default) are written as Pick-a-Pic Parquet. For a method on
+   temporal segments (DenseDPO), :func:`~diffusion_align.generate.generate_dense_video_pairs` instead: two re-noised
+   copies of one clip per pair, each segment labelled by the proxy.
+2. **align** (:func:`diffusion_align.train.loop.run`): the configured method (default DPO-LoRA; Flow-DPO for video)
+   on those pairs.
 3. **evaluate** (:func:`~diffusion_align.evaluate.evaluate_models`): base and aligned models sample the held-out
    prompts with identical seeds; the exact reward and the proxy score both; win rates and means get bootstrap
    intervals over prompts; grids, plots and an HTML report are written.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +31,60 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_align.config import build
-from diffusion_align.evaluate import SamplingSettings, StatsSettings, evaluate_models, load_shapes_held_out
-from diffusion_align.generate import PairSelection, PipelineSpec, generate_dataset
-from diffusion_align.shapes.world import IMAGE_SIZE, split_prompts
+from diffusion_align.evaluate import (
+    PromptSet,
+    SamplingSettings,
+    StatsSettings,
+    evaluate_models,
+    load_moving_shapes_held_out,
+    load_shapes_held_out,
+)
+from diffusion_align.generate import (
+    DenseSettings,
+    PairSelection,
+    PipelineSpec,
+    generate_dataset,
+    generate_dense_video_pairs,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    """What the demo needs of an embedded world: its prompts, held-out set, media and size."""
+
+    name: str
+    split_prompts: Callable[[str], list]  # "train" | "held_out" -> prompts with a ``text``
+    held_out: Callable[[int | None, int | None], PromptSet]  # (limit, subset_seed) -> the held-out PromptSet
+    size: int  # image or frame side, pixels
+    num_frames: int | None = None  # None: images
+
+    @property
+    def media(self) -> str:
+        return "image" if self.num_frames is None else "video"
+
+    def call(self) -> dict:
+        """The pipeline call's size arguments."""
+        size = {"height": self.size, "width": self.size}
+        return size if self.num_frames is None else {**size, "num_frames": self.num_frames}
+
+
+def world_of(cfg: DictConfig) -> World:
+    """The world ``cfg.world`` names, with the size and frames it configures.
+
+    Raises:
+        ValueError: an unknown world name.
+    """
+    from diffusion_align.moving_shapes import world as moving_shapes
+    from diffusion_align.shapes import world as shapes
+
+    worlds = {"shapes": (shapes.split_prompts, load_shapes_held_out),
+              "moving_shapes": (moving_shapes.split_prompts, load_moving_shapes_held_out)}
+    name = cfg.world.name
+    if name not in worlds:
+        raise ValueError(f"world.name={name!r}: expected one of {sorted(worlds)}")
+    return World(name, *worlds[name], size=int(cfg.world.size), num_frames=cfg.world.num_frames)
 
 
 @dataclass(frozen=True)
@@ -42,34 +96,46 @@ class Stage:
     figures: dict
 
 
-def training_prompts(count: int, seed: int) -> list[str]:
+def training_prompts(world: World, count: int, seed: int) -> list[str]:
     """``count`` distinct training-split prompts drawn with ``seed`` (all of them if ``count`` is larger)."""
-    prompts = split_prompts("train")
+    prompts = world.split_prompts("train")
     order = np.random.default_rng(seed).permutation(len(prompts))[:count]
     return [prompts[i].text for i in sorted(order.tolist())]
 
 
 def generate_stage(cfg: DictConfig, out_dir: Path) -> Stage:
-    """Candidates from the shipped pipeline, ranked by the proxy reward, into ``out_dir/data``."""
+    """Candidates from the shipped pipeline, ranked by the proxy reward, into ``out_dir/data``: ranked candidates
+    and pairs, or DenseDPO pairs when the method trains on temporal segments."""
     started = time.perf_counter()
-    gen = cfg.generate
+    gen, world = cfg.generate, world_of(cfg)
     spec = PipelineSpec(
-        name="shapes",
+        name=world.name,
         path=str(cfg.model.adapter.path),
-        call={"num_inference_steps": gen.num_inference_steps, "guidance_scale": gen.guidance_scale,
-              "height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        call={"num_inference_steps": gen.num_inference_steps, "guidance_scale": gen.guidance_scale, **world.call()},
+        media=world.media,
         batch_size=gen.batch_size,
     )
-    summary = generate_dataset(
-        training_prompts(gen.num_prompts, cfg.seed),
-        [spec],
-        build(cfg.label_reward),
-        out_dir / "data",
-        images_per_prompt=gen.images_per_prompt,
-        seed=cfg.seed,
-        pairs=PairSelection(**OmegaConf.to_container(gen.pairs)),
-        device=cfg.device,
-    )
+    prompts = training_prompts(world, gen.num_prompts, cfg.seed)
+    if cfg.method.inputs == "segments":
+        if world.media != "video":
+            raise ValueError(f"method={cfg.method.name} trains on temporal segments: use world=moving_shapes "
+                             f"(world={world.name} makes images)")
+        dense = OmegaConf.to_container(gen.dense)
+        dense["refine_call"] = {"num_inference_steps": gen.num_inference_steps, "guidance_scale": gen.guidance_scale,
+                                "height": world.size, "width": world.size, **dense.get("refine_call", {})}
+        summary = generate_dense_video_pairs(prompts, spec, build(cfg.label_reward), out_dir / "data",
+                                             DenseSettings(**dense), seed=cfg.seed, device=cfg.device)
+    else:
+        summary = generate_dataset(
+            prompts,
+            [spec],
+            build(cfg.label_reward),
+            out_dir / "data",
+            images_per_prompt=gen.images_per_prompt,
+            seed=cfg.seed,
+            pairs=PairSelection(**OmegaConf.to_container(gen.pairs)),
+            device=cfg.device,
+        )
     if not summary.complete:
         raise RuntimeError(f"generation into {out_dir / 'data'} did not complete; re-run to resume it")
     figures = {"prompts": summary.prompts, "images": summary.candidates, "pairs": summary.pairs}
@@ -81,11 +147,13 @@ TABLE_OF_DATASET = {
     "diffusion_align.data.PairwiseParquetDataset": "pairs",
     "diffusion_align.data.RankedParquetDataset": "ranked",
     "diffusion_align.data.UnpairedDataset": "pairs",
+    "diffusion_align.data.VideoPairDataset": "pairs",
 }
 
 
 def point_data_at(train_cfg: DictConfig, data_dir: Path) -> None:
-    """Point ``train_cfg.data`` at the generated table its dataset class reads; horizontal flips off.
+    """Point ``train_cfg.data`` at the generated table its dataset class reads (``dense_pairs`` for a method on
+    temporal segments); horizontal flips off.
 
     Raises:
         ValueError: the data config's dataset class reads none of the generated tables.
@@ -95,8 +163,9 @@ def point_data_at(train_cfg: DictConfig, data_dir: Path) -> None:
     if target not in TABLE_OF_DATASET:
         raise ValueError(f"data.dataset._target_={target}: the demo generates tables for {sorted(TABLE_OF_DATASET)}")
     reader = dataset.source if target.endswith("UnpairedDataset") else dataset
-    reader.paths = str(data_dir / TABLE_OF_DATASET[target])
-    reader.hflip = False  # a flip would swap "at the left" and "at the right"
+    table = "dense_pairs" if train_cfg.method.inputs == "segments" else TABLE_OF_DATASET[target]
+    reader.paths = str(data_dir / table)
+    reader.hflip = False  # a flip would swap "at the left" and "at the right" ("moving left" and "moving right")
 
 
 def align_stage(cfg: DictConfig, data_dir: Path, out_dir: Path) -> tuple[Stage, Path]:
@@ -126,17 +195,18 @@ def aligned_model_spec(cfg: DictConfig, trained: Path) -> dict:
 def evaluate_stage(cfg: DictConfig, out_dir: Path, trained: Path) -> Stage:
     """Base vs aligned on held-out prompts with identical seeds, scored by the exact and the proxy reward."""
     started = time.perf_counter()
-    ev = cfg.evaluate
+    ev, world = cfg.evaluate, world_of(cfg)
     rewards = {name: build(node) for name, node in cfg.eval_rewards.items()}
     stats = StatsSettings(confidence=ev.confidence, n_resamples=ev.n_resamples, seed=cfg.seed)
     results = evaluate_models(
         {"base": str(cfg.model.adapter.path), "aligned": aligned_model_spec(cfg, trained)},
-        load_shapes_held_out(limit=ev.num_prompts, subset_seed=cfg.seed if ev.num_prompts else None),
+        world.held_out(ev.num_prompts, cfg.seed if ev.num_prompts else None),
         rewards,
         out_dir / "evaluate",
         sampling=SamplingSettings(
             samples_per_prompt=ev.samples_per_prompt, seed=cfg.seed + 1, num_inference_steps=ev.num_inference_steps,
-            guidance_scale=ev.guidance_scale, height=IMAGE_SIZE, width=IMAGE_SIZE, batch_size=ev.batch_size,
+            guidance_scale=ev.guidance_scale, height=world.size, width=world.size, batch_size=ev.batch_size,
+            pipeline_kwargs={} if world.num_frames is None else {"num_frames": world.num_frames},
         ),
         stats=stats,
         device=cfg.device,
@@ -165,9 +235,10 @@ def _interval(row: dict, key: str, low: str, high: str) -> str:
     return f"{row[key]:.4f} [{row[low]:.4f}, {row[high]:.4f}]"
 
 
-def format_report(stages: list[Stage], lines: dict, out_dir: Path) -> str:
+def format_report(stages: list[Stage], lines: dict, out_dir: Path, world: str = "shapes") -> str:
     """The console summary."""
-    text = ["", "Shapes demo", "-----------"]
+    title = {"shapes": "Shapes demo", "moving_shapes": "Moving Shapes demo"}.get(world, f"{world} demo")
+    text = ["", title, "-" * len(title)]
     for stage in stages:
         shown = {k: v for k, v in stage.figures.items() if k not in ("means", "win_rates")}
         text.append(f"{stage.name:<9} {stage.seconds:7.1f} s  {json.dumps(shown) if shown else ''}")
@@ -199,5 +270,5 @@ def run(cfg: DictConfig) -> dict:
         "total_seconds": sum(s.seconds for s in stages),
     }
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(format_report(stages, lines, out_dir), flush=True)
+    print(format_report(stages, lines, out_dir, cfg.world.name), flush=True)
     return summary
