@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+from ports import free_port
 
 from generate.helpers import read_table
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a white circle", "a black square"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def generate_command(out_dir, prompts, sd15, pickscore) -> list[str]:

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from ports import free_port
 from safetensors.torch import load_file
 
 from diffusion_align.train.loop import check_distributed_launch
@@ -31,7 +32,7 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train,
     ddp = tmp_path / "ddp"
     config = files("diffusion_align.conf") / "accelerate" / "multi_gpu.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
-           "--main_process_port", "29517", "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
+           "--main_process_port", str(free_port()), "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
     assert done.returncode == 0, done.stderr[-4000:]
     a = load_file(single / "pytorch_lora_weights.safetensors")
