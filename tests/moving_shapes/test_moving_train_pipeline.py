@@ -12,10 +12,12 @@ from diffusion_align.moving_shapes.train_pipeline import (
     VideoTrainConfig,
     build_vae,
     encode_prompts,
+    finetune_decoder,
     shifted_sigmas,
     train_pipeline,
+    weighted_mse,
 )
-from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES
+from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, split_prompts
 
 PROMPTS = ["a red circle moving left on a blue background", "a large green square moving up quickly on a black background"]
 
@@ -65,3 +67,25 @@ def test_training_prompt_embeddings_equal_the_pipelines(trained):
                                        device="cpu")  # __call__ passes 512
     assert ours.shape == theirs.shape == (3, 512, 32)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_weighted_mse_weighs_pixels_off_the_background_colour():
+    """One frame of 2 x 2 px on a background of 0: one object pixel (error 1 in each channel) and three background
+    pixels (error 0.5 in each): weights 4 and 1 -> (4·1 + 3·0.25) / 4 per channel."""
+    pixels = torch.zeros(1, 3, 1, 2, 2)
+    pixels[..., 1, 1] = 0.8
+    reconstruction = pixels + 0.5
+    reconstruction[..., 1, 1] = pixels[..., 1, 1] + 1.0
+    assert float(weighted_mse(reconstruction, pixels, 4.0)) == pytest.approx((4 * 1.0 + 3 * 0.25) / 4)
+    assert float(weighted_mse(reconstruction, pixels, 1.0)) == pytest.approx((1.0 + 3 * 0.25) / 4)
+
+
+def test_decoder_fine_tuning_changes_the_decoder_and_never_the_latents():
+    """Stage 1b keeps the encoder (so a denoiser trained on its latents stays valid) and trains the decoder."""
+    vae = build_vae().eval()
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    cfg = VideoTrainConfig(decoder_steps=2, decoder_batch=2)
+    finetune_decoder(cfg, vae, split_prompts("train")[:10], log=lambda message: None)
+    changed = {name for name, p in vae.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
