@@ -19,6 +19,22 @@ import pytest
 for _offline_flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_offline_flag] = "1"
 
+MAX_WORKERS = 4  # more workers than this only repeat the session fixtures (tiny pipelines) for little gain
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per subprocess a test starts): N workers on N cores, never N x N threads, which
+    # slows every worker down many times over (OpenMP threads spin while they wait).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_tiny_cache(tmp_path_factory: pytest.TempPathFactory):
