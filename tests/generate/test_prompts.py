@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffusion_align.generate import NAMED_PROMPT_SETS, load_prompts
+from diffusion_align.moving_shapes.world import split_prompts as moving_split_prompts
 from diffusion_align.shapes.world import split_prompts
 
 
@@ -26,13 +27,15 @@ def test_csv_and_parquet_columns(tmp_path):
     assert load_prompts(parquet_path) == ["one", "two", "three"]
 
 
-def test_shapes_named_sets_are_the_world_split():
-    assert sorted(NAMED_PROMPT_SETS) == ["shapes_held_out", "shapes_train"]
-    train, held_out = load_prompts("shapes_train"), load_prompts("shapes_held_out")
-    assert train == [p.text for p in split_prompts("train")]
-    assert held_out == [p.text for p in split_prompts("held_out")]
+@pytest.mark.parametrize("world", ["shapes", "moving_shapes"])
+def test_named_sets_are_each_worlds_split(world):
+    assert sorted(NAMED_PROMPT_SETS) == ["moving_shapes_held_out", "moving_shapes_train", "shapes_held_out", "shapes_train"]
+    split = (split_prompts if world == "shapes" else moving_split_prompts)
+    train, held_out = load_prompts(f"{world}_train"), load_prompts(f"{world}_held_out")
+    assert train == [p.text for p in split("train")]
+    assert held_out == [p.text for p in split("held_out")]
     assert not set(train) & set(held_out)
-    assert load_prompts("shapes_train", limit=5) == train[:5]
+    assert load_prompts(f"{world}_train", limit=5) == train[:5]
 
 
 def test_errors_name_the_file_row_and_column(tmp_path):
