@@ -59,6 +59,7 @@ class VideoTrainConfig:
     kl_weight: float = 1e-6
     vae_object_weight: float = 1.0  # stage 1: weight of the object's pixels against the background's (1: plain MSE)
     vae_init: str = ""  # stage 1 starts from this saved autoencoder instead of random weights
+    vae_save_every: int = 250  # stage 1 saves OUT.vae-partial this often (continue from it with --vae-init)
     renders_per_prompt: int = 4
     steps: int = 4000
     batch: int = 32
@@ -164,9 +165,10 @@ def weighted_mse(reconstruction: torch.Tensor, pixels: torch.Tensor, object_weig
     return (weight * (reconstruction - pixels).square()).mean()
 
 
-def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log) -> AutoencoderKLWan:
+def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log, checkpoint=None) -> AutoencoderKLWan:
     """Stage 1: reconstruction MSE on pixels (object pixels weighted ``vae_object_weight``) + ``kl_weight`` x KL,
-    warmup and cosine decay; from scratch, or from the autoencoder in ``vae_init``."""
+    warmup and cosine decay; from scratch, or from the autoencoder in ``vae_init``. ``checkpoint(vae, step)`` is
+    called every ``cfg.vae_save_every`` steps when given (a run of hours on a CPU must survive an interruption)."""
     torch.manual_seed(cfg.seed)
     vae = (AutoencoderKLWan.from_pretrained(cfg.vae_init) if cfg.vae_init else build_vae()).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -184,6 +186,8 @@ def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log) -> 
         schedule.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log(f"vae step {step}: loss {loss.item():.5f}")
+        if checkpoint is not None and cfg.vae_save_every and (step + 1) % cfg.vae_save_every == 0:
+            checkpoint(vae, step + 1)
     return vae.eval().requires_grad_(False)
 
 
@@ -346,7 +350,11 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     if cfg.vae_from:
         vae = AutoencoderKLWan.from_pretrained(cfg.vae_from).eval().requires_grad_(False)
     else:
-        vae = train_vae(cfg, prompts, log)
+        def vae_checkpoint(vae: AutoencoderKLWan, step: int) -> None:
+            vae.save_pretrained(out.with_name(out.name + ".vae-partial"))
+            log(f"saved {out.name}.vae-partial at autoencoder step {step} (no latent statistics yet)")
+
+        vae = train_vae(cfg, prompts, log, vae_checkpoint)
     log(f"vae reconstruction MSE on held-out clips: {reconstruction_error(vae, cfg.seed + 3):.5f}")
     if cfg.decoder_steps:
         vae = finetune_decoder(cfg, vae, prompts, log)

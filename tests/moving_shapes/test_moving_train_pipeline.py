@@ -15,6 +15,7 @@ from diffusion_align.moving_shapes.train_pipeline import (
     finetune_decoder,
     shifted_sigmas,
     train_pipeline,
+    train_vae,
     weighted_mse,
 )
 from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, split_prompts
@@ -25,7 +26,8 @@ PROMPTS = ["a red circle moving left on a blue background", "a large green squar
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("moving") / "pipeline"
-    cfg = VideoTrainConfig(vae_steps=2, vae_batch=2, renders_per_prompt=1, steps=2, batch=2, save_every=0, max_prompts=6)
+    cfg = VideoTrainConfig(vae_steps=2, vae_batch=2, vae_save_every=1, renders_per_prompt=1, steps=2, batch=2,
+                           save_every=0, max_prompts=6)
     return train_pipeline(out, cfg)
 
 
@@ -89,3 +91,15 @@ def test_decoder_fine_tuning_changes_the_decoder_and_never_the_latents():
     changed = {name for name, p in vae.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+
+
+def test_autoencoder_checkpoints_during_training_and_continues_from_one(trained, tmp_path):
+    """Stage 1 leaves OUT.vae-partial behind as it goes; --vae-init starts a new stage 1 from a saved autoencoder."""
+    vae = AutoencoderKLWan.from_pretrained(str(trained.with_name(trained.name + ".vae-partial")))
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.fill_(0.5)  # a mark no fresh model has
+    vae.save_pretrained(tmp_path / "marked")
+    continued = train_vae(VideoTrainConfig(vae_steps=1, vae_batch=1, vae_init=str(tmp_path / "marked")),
+                          split_prompts("train")[:4], log=lambda message: None)
+    bias = continued.decoder.conv_out.bias
+    assert torch.allclose(bias, torch.full_like(bias, 0.5), atol=0.01) and not torch.equal(bias, torch.full_like(bias, 0.5))
