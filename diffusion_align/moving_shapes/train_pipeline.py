@@ -6,7 +6,10 @@ Three stages, all seeded, mirroring :mod:`diffusion_align.shapes.train_pipeline`
 
 1. a tiny ``AutoencoderKLWan`` (Wan's causal 3D VAE) trained for reconstruction of 9-frame 32 x 32 clips, with
    2x spatial and 2x temporal compression (``[3, 9, 32, 32]`` pixels <-> ``[8, 5, 16, 16]`` latents); its
-   ``latents_mean`` / ``latents_std`` are set per channel from the training latents, as Wan's are;
+   ``latents_mean`` / ``latents_std`` are set per channel from the training latents, as Wan's are; optionally
+   object pixels weighted (``--vae-object-weight``), continued from a saved autoencoder (``--vae-init``, e.g. the
+   ``OUT.vae-partial`` it saves as it goes), and followed by a decoder-only stage that keeps the latents
+   (``--decoder-steps``);
 2. a tiny ``WanTransformer3DModel`` and ``UMT5EncoderModel`` trained jointly with Wan's rectified-flow objective
    (``x_σ = (1-σ)·x0 + σ·ε``, target ``ε - x0``, timestep ``σ·1000``, σ drawn uniformly and shifted as the
    sampler's ``shift`` does), prompts embedded exactly as ``WanPipeline.encode_prompt`` does (UMT5 states, zero
