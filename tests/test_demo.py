@@ -1,4 +1,5 @@
-"""`diffalign demo` end to end at CI size: generate with the shipped model, rank, DPO, evaluate on held-out prompts.
+"""`diffalign demo` end to end: the Shapes world at CI size (generate with the shipped model, rank, DPO, evaluate on
+held-out prompts), and the Moving Shapes loop on a tiny random Wan pipeline (both kinds of video pairs).
 
 The CI run ranks the candidates with the exact reward (``reward@label_reward=shapes``, a demo option) rather than the
 proxy: at this size (128 prompts, 100 steps) DPO on the exact reward's labels raises the held-out exact reward
