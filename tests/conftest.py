@@ -1,4 +1,5 @@
-"""Session-wide test setup: no network, and tiny pipelines built once per session.
+"""Session-wide test setup: no network, one thread per parallel worker, tiny pipelines built once per session (once
+per worker when the suite runs in parallel).
 
 Every tiny pipeline is a real diffusers architecture with seeded random weights (``diffusion_align.testing``),
 built on first request into a session temp dir; later requests reuse the directory. Tests must treat these
