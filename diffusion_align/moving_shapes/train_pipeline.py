@@ -174,7 +174,8 @@ def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log, che
     called every ``cfg.vae_save_every`` steps when given (a run of hours on a CPU must survive an interruption)."""
     torch.manual_seed(cfg.seed)
     vae = (AutoencoderKLWan.from_pretrained(cfg.vae_init) if cfg.vae_init else build_vae()).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    params = list(vae.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=0.0)
     schedule = warmup_cosine(optimizer, cfg.vae_steps, warmup=50)
     rng = np.random.default_rng(cfg.seed)
     for step in range(cfg.vae_steps):
@@ -183,10 +184,7 @@ def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log, che
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = weighted_mse(reconstruction, pixels, cfg.vae_object_weight) + cfg.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss, params, optimizer, schedule, max_grad_norm=None)
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log(f"vae step {step}: loss {loss.item():.5f}")
         if checkpoint is not None and cfg.vae_save_every and (step + 1) % cfg.vae_save_every == 0:
@@ -215,10 +213,7 @@ def finetune_decoder(cfg: VideoTrainConfig, vae: AutoencoderKLWan, prompts: list
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean
         loss = weighted_mse(vae.decode(latents).sample, pixels, cfg.object_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss, trained, optimizer, schedule, max_grad_norm=None)
         if step % 100 == 0 or step == cfg.decoder_steps - 1:
             log(f"decoder step {step}: weighted loss {loss.item():.5f}")
     return vae.eval().requires_grad_(False)

@@ -183,7 +183,8 @@ def train_vae(cfg: TrainConfig, prompts: list[ShapesPrompt], log) -> Autoencoder
     """Stage 1: reconstruction (MSE on pixels of random ``vae_crop`` crops) + ``kl_weight`` x KL, cosine decay."""
     torch.manual_seed(cfg.seed)
     vae = build_vae().train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    params = list(vae.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.vae_steps)
     rng = np.random.default_rng(cfg.seed)
     for step in range(cfg.vae_steps):
@@ -193,10 +194,7 @@ def train_vae(cfg: TrainConfig, prompts: list[ShapesPrompt], log) -> Autoencoder
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(reconstruction, pixels) + cfg.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss, params, optimizer, schedule, max_grad_norm=None)
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log(f"vae step {step}: loss {loss.item():.5f}")
     return vae.eval().requires_grad_(False)
@@ -292,11 +290,14 @@ def train_denoiser(
     return unet.eval(), text_encoder.eval()
 
 
-def update(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, schedule, ema: EMAModel | None) -> None:
-    """One optimizer step on ``loss``: gradients clipped to norm 1, the LR schedule and the EMA advanced."""
+def update(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, schedule, ema: EMAModel | None = None,
+           max_grad_norm: float | None = 1.0) -> None:
+    """One optimizer step on ``loss``: gradients of ``params`` clipped to ``max_grad_norm`` (None: not clipped, as
+    the autoencoder stages train), the LR schedule and the EMA (when given) advanced."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     schedule.step()
     if ema is not None:
