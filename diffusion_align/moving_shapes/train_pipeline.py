@@ -350,7 +350,8 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     else:
         def vae_checkpoint(vae: AutoencoderKLWan, step: int) -> None:
             vae.save_pretrained(out.with_name(out.name + ".vae-partial"))
-            log(f"saved {out.name}.vae-partial at autoencoder step {step} (no latent statistics yet)")
+            stats = "the initial autoencoder's latent statistics" if cfg.vae_init else "no latent statistics yet"
+            log(f"saved {out.name}.vae-partial at autoencoder step {step} ({stats}; set when stage 1 ends)")
 
         vae = train_vae(cfg, prompts, log, vae_checkpoint)
     log(f"vae reconstruction MSE on held-out clips: {reconstruction_error(vae, cfg.seed + 3):.5f}")

@@ -28,6 +28,9 @@ REFERENCE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 REFERENCE_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_CLIP_REFERENCE = ClipPreprocessing(224, 224, "bicubic", REFERENCE_MEAN, REFERENCE_STD, crop_offset="floor")
 OPEN_CLIP_REFERENCE = ClipPreprocessing(224, 224, "bicubic", REFERENCE_MEAN, REFERENCE_STD, crop_offset="round")
+# open_clip's preprocess_val at the Shapes proxy's 64 px (image and per-frame video proxy): shortest side 64 (bicubic),
+# centre crop 64, OpenAI mean/std.
+SHAPES_PROXY_REFERENCE = ClipPreprocessing(64, 64, "bicubic", REFERENCE_MEAN, REFERENCE_STD, crop_offset="round")
 
 
 def make_images(n: int, height: int = 240, width: int = 300, seed: int = 0) -> list[Image.Image]:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from contract import OPEN_CLIP_REFERENCE, RewardModelContract
+from contract import SHAPES_PROXY_REFERENCE, RewardModelContract
 
 from diffusion_align.moving_shapes.render import render_clips
 from diffusion_align.moving_shapes.world import split_prompts
@@ -22,9 +22,7 @@ def frame_proxy() -> MovingShapesFrameProxyReward:
 
 
 class TestMovingShapesFrameProxyContract(RewardModelContract):
-    reference_preprocessing = type(OPEN_CLIP_REFERENCE)(
-        64, 64, "bicubic", OPEN_CLIP_REFERENCE.mean, OPEN_CLIP_REFERENCE.std, crop_offset="round"
-    )
+    reference_preprocessing = SHAPES_PROXY_REFERENCE
 
     @pytest.fixture()
     def reward_model(self, frame_proxy):

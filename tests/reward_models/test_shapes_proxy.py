@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from contract import OPEN_CLIP_REFERENCE, RewardModelContract
+from contract import SHAPES_PROXY_REFERENCE, RewardModelContract
 
 from diffusion_align.shapes.proxy import (
     PROXY_MODEL_CONFIG,
@@ -39,10 +39,7 @@ def proxy() -> ShapesProxyReward:
 
 
 class TestShapesProxyContract(RewardModelContract):
-    # open_clip's preprocess_val at the proxy's 64 px: shortest side 64 (bicubic), centre crop 64, OpenAI mean/std.
-    reference_preprocessing = type(OPEN_CLIP_REFERENCE)(
-        64, 64, "bicubic", OPEN_CLIP_REFERENCE.mean, OPEN_CLIP_REFERENCE.std, crop_offset="round"
-    )
+    reference_preprocessing = SHAPES_PROXY_REFERENCE
 
     @pytest.fixture()
     def reward_model(self, proxy):
