@@ -366,7 +366,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
         vae.save_pretrained(out.with_name(out.name + ".vae"))
 
     def checkpoint(transformer, text_encoder, step):
-        save_pipeline(assemble(vae, text_encoder, tokenizer, transformer), out, cfg, step)
+        save_pipeline(assemble(vae, text_encoder, tokenizer, transformer), out, cfg, step, "transformer")
         log(f"saved {out} at transformer step {step}")
 
     transformer, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, encoded, log, checkpoint)

@@ -361,13 +361,15 @@ def assemble(
     )
 
 
-def save_pipeline(pipeline: StableDiffusionPipeline, out: Path, cfg: TrainConfig, step: int) -> None:
-    """Save into ``out`` atomically: write a sibling temp directory, then swap it in."""
+def save_pipeline(pipeline, out: Path, cfg, step: int, denoiser: str = "unet") -> None:
+    """Save into ``out`` atomically: write a sibling temp directory, then swap it in.
+
+    ``training_config.json`` records ``cfg`` and ``{denoiser}_steps_done``."""
     staging = out.with_name(out.name + ".saving")
     if staging.exists():
         shutil.rmtree(staging)
     pipeline.save_pretrained(staging)
-    (staging / "training_config.json").write_text(json.dumps({**asdict(cfg), "unet_steps_done": step}, indent=2) + "\n")
+    (staging / "training_config.json").write_text(json.dumps({**asdict(cfg), f"{denoiser}_steps_done": step}, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

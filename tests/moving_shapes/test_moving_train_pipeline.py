@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,8 @@ def test_saved_pipeline_loads_with_stock_diffusers_and_samples_clips(trained):
     frames = pipe(PROMPTS, height=FRAME_SIZE, width=FRAME_SIZE, num_frames=FRAMES, num_inference_steps=2,
                   guidance_scale=2.0, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (2, FRAMES, FRAME_SIZE, FRAME_SIZE, 3) and np.isfinite(frames).all()
+    record = json.loads((trained / "training_config.json").read_text())
+    assert record["transformer_steps_done"] == 2 and record["steps"] == 2 and "unet_steps_done" not in record
 
 
 def test_training_prompt_embeddings_equal_the_pipelines(trained):
