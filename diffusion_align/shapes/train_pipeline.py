@@ -39,6 +39,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
+    DiffusionPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -361,10 +362,11 @@ def assemble(
     )
 
 
-def save_pipeline(pipeline, out: Path, cfg, step: int, denoiser: str = "unet") -> None:
+def save_pipeline(pipeline: DiffusionPipeline, out: Path, cfg, step: int, denoiser: str = "unet") -> None:
     """Save into ``out`` atomically: write a sibling temp directory, then swap it in.
 
-    ``training_config.json`` records ``cfg`` and ``{denoiser}_steps_done``."""
+    ``training_config.json`` records ``cfg`` (a training-config dataclass of either world) and
+    ``{denoiser}_steps_done``."""
     staging = out.with_name(out.name + ".saving")
     if staging.exists():
         shutil.rmtree(staging)
