@@ -17,7 +17,11 @@ Three stages, all seeded, mirroring :mod:`diffusion_align.shapes.train_pipeline`
    of the weights saved;
 3. a stock ``WanPipeline`` directory (flow-matching Euler sampler) that loads with ``WanPipeline.from_pretrained``.
 
-Training clips are rendered from the train split only and encoded once.
+Training clips are rendered from the train split only and encoded once. Every stage runs on ``--device`` (``cpu``
+or ``cuda``); clips are rendered on the CPU, by ``--workers`` data-loader processes when that is above 0 (on a GPU
+the renderer, ~1.3 ms per clip on one core, would otherwise be the bottleneck). Measured on one H200 with
+``--device cuda --workers 12``: 0.11 s per autoencoder step of 32 clips, 0.037 s per transformer step of 128 clips
+(0.044 at 256), the 21,600 training clips rendered and encoded in 5 s; on 2 CPU cores 0.57 s per transformer step of 32.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class VideoTrainConfig:
     vae_from: str = ""  # a saved autoencoder directory: skip stage 1
     init_from: str = ""  # a saved Moving Shapes pipeline: stage 2 continues from its transformer and text encoder
     max_prompts: int = 0  # train on an evenly spaced subset of this many training prompts (0: all 5,400)
+    device: str = "cpu"  # cpu | cuda (float32 throughout; TF32 matmuls on a GPU)
+    workers: int = 0  # data-loader processes rendering clips (0: rendered in the training process)
 
 
 def build_vae() -> AutoencoderKLWan:
@@ -170,19 +176,54 @@ def weighted_mse(reconstruction: torch.Tensor, pixels: torch.Tensor, object_weig
     return (weight * (reconstruction - pixels).square()).mean()
 
 
+class RenderedBatches(torch.utils.data.Dataset):
+    """Step ``i`` of an autoencoder stage: ``batch`` training prompts drawn and rendered with a generator seeded by
+    ``(seed, i)``, so the clips of a step do not depend on which process renders them or on the steps before it."""
+
+    def __init__(self, prompts: list[MovingShapesPrompt], steps: int, batch: int, seed: int) -> None:
+        self.prompts, self.steps, self.batch, self.seed = prompts, steps, batch, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step])
+        chosen = [self.prompts[i] for i in rng.integers(0, len(self.prompts), size=self.batch)]
+        return clip_pixels(chosen, seed=int(rng.integers(2**62)))
+
+
+class RenderedChunks(torch.utils.data.Dataset):
+    """Consecutive chunks of ``[prompts[i] for i in index]`` rendered with seed ``seed + start of the chunk``."""
+
+    def __init__(self, prompts: list[MovingShapesPrompt], index: list[int], chunk: int, seed: int) -> None:
+        self.prompts, self.index, self.chunk, self.seed = prompts, index, chunk, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.chunk)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        start = k * self.chunk
+        return clip_pixels([self.prompts[i] for i in self.index[start : start + self.chunk]], self.seed + start)
+
+
+def rendered(dataset: torch.utils.data.Dataset, cfg: VideoTrainConfig):
+    """Iterate ``dataset`` in order, rendered by ``cfg.workers`` processes (pinned memory for a GPU)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.workers,
+                                       pin_memory=cfg.device != "cpu", prefetch_factor=4 if cfg.workers else None)
+
+
 def train_vae(cfg: VideoTrainConfig, prompts: list[MovingShapesPrompt], log, checkpoint=None) -> AutoencoderKLWan:
     """Stage 1: reconstruction MSE on pixels (object pixels weighted ``vae_object_weight``) + ``kl_weight`` x KL,
     warmup and cosine decay; from scratch, or from the autoencoder in ``vae_init``. ``checkpoint(vae, step)`` is
     called every ``cfg.vae_save_every`` steps when given (a run of hours on a CPU must survive an interruption)."""
     torch.manual_seed(cfg.seed)
-    vae = (AutoencoderKLWan.from_pretrained(cfg.vae_init) if cfg.vae_init else build_vae()).train()
+    vae = (AutoencoderKLWan.from_pretrained(cfg.vae_init) if cfg.vae_init else build_vae()).to(cfg.device).train()
     params = list(vae.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=0.0)
     schedule = warmup_cosine(optimizer, cfg.vae_steps, warmup=50)
-    rng = np.random.default_rng(cfg.seed)
-    for step in range(cfg.vae_steps):
-        batch = [prompts[i] for i in rng.integers(0, len(prompts), size=cfg.vae_batch)]
-        pixels = clip_pixels(batch, seed=cfg.seed * 1_000_003 + step)
+    batches = rendered(RenderedBatches(prompts, cfg.vae_steps, cfg.vae_batch, cfg.seed * 1_000_003), cfg)
+    for step, pixels in enumerate(batches):
+        pixels = pixels.to(cfg.device, non_blocking=True)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = weighted_mse(reconstruction, pixels, cfg.vae_object_weight) + cfg.kl_weight * posterior.kl().mean()
@@ -208,10 +249,9 @@ def finetune_decoder(cfg: VideoTrainConfig, vae: AutoencoderKLWan, prompts: list
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=cfg.decoder_lr, weight_decay=0.0)
     schedule = warmup_cosine(optimizer, cfg.decoder_steps, warmup=20)
-    rng = np.random.default_rng(cfg.seed + 2)
-    for step in range(cfg.decoder_steps):
-        batch = [prompts[i] for i in rng.integers(0, len(prompts), size=cfg.decoder_batch)]
-        pixels = clip_pixels(batch, seed=cfg.seed * 3_000_017 + step)
+    batches = rendered(RenderedBatches(prompts, cfg.decoder_steps, cfg.decoder_batch, cfg.seed * 3_000_017), cfg)
+    for step, pixels in enumerate(batches):
+        pixels = pixels.to(cfg.device, non_blocking=True)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean
         loss = weighted_mse(vae.decode(latents).sample, pixels, cfg.object_weight)
@@ -223,17 +263,18 @@ def finetune_decoder(cfg: VideoTrainConfig, vae: AutoencoderKLWan, prompts: list
 
 @torch.no_grad()
 def encode_renders(
-    vae: AutoencoderKLWan, prompts: list[MovingShapesPrompt], renders_per_prompt: int, seed: int
+    vae: AutoencoderKLWan, prompts: list[MovingShapesPrompt], cfg: VideoTrainConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Render every prompt ``renders_per_prompt`` times and encode once.
+    """Render every prompt ``cfg.renders_per_prompt`` times and encode once, on ``cfg.device``.
 
     Returns:
         Posterior means and standard deviations ``[N, 8, 5, 16, 16]`` (unnormalised) and each row's prompt index.
     """
-    index = [i for i in range(len(prompts)) for _ in range(renders_per_prompt)]
+    index = [i for i in range(len(prompts)) for _ in range(cfg.renders_per_prompt)]
     means, stds = [], []
-    for start in range(0, len(index), 64):
-        posterior = vae.encode(clip_pixels([prompts[i] for i in index[start : start + 64]], seed + start)).latent_dist
+    device = next(vae.parameters()).device
+    for pixels in rendered(RenderedChunks(prompts, index, 64, seed), cfg):
+        posterior = vae.encode(pixels.to(device, non_blocking=True)).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
     return torch.cat(means), torch.cat(stds), index
@@ -248,20 +289,31 @@ def set_latent_statistics(vae: AutoencoderKLWan, means: torch.Tensor) -> None:
 def normalize_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
     """``(z - latents_mean) / latents_std`` per channel: what ``WanPipeline`` undoes before decoding."""
     shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape)
-    std = torch.tensor(vae.config.latents_std).view(shape)
+    mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=latents.device).view(shape)
     return (latents - mean) / std
 
 
-def encode_prompts(tokenizer: T5Tokenizer, text_encoder: UMT5EncoderModel, texts: list[str]) -> torch.Tensor:
-    """``WanPipeline.encode_prompt``'s embeddings, with gradients: UMT5 states zeroed past each prompt, ``[B, 512, D]``."""
+def tokenize(tokenizer: T5Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask ``[B, TEXT_TOKENS]`` as ``WanPipeline`` tokenizes (padded, EOS added)."""
     tokens = tokenizer(
         texts, padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
         return_attention_mask=True, return_tensors="pt",
     )
-    states = text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
-    states = states * tokens.attention_mask.unsqueeze(-1).to(states.dtype)
+    return tokens.input_ids, tokens.attention_mask
+
+
+def embed_tokens(text_encoder: UMT5EncoderModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``WanPipeline.encode_prompt``'s embeddings, with gradients: UMT5 states zeroed past each prompt, ``[B, 512, D]``."""
+    states = text_encoder(ids, mask).last_hidden_state
+    states = states * mask.unsqueeze(-1).to(states.dtype)
     return F.pad(states, (0, 0, 0, PIPELINE_TEXT_LENGTH - TEXT_TOKENS))
+
+
+def encode_prompts(tokenizer: T5Tokenizer, text_encoder: UMT5EncoderModel, texts: list[str]) -> torch.Tensor:
+    """:func:`embed_tokens` of :func:`tokenize`d ``texts`` on the text encoder's device."""
+    device = text_encoder.device
+    return embed_tokens(text_encoder, *(t.to(device) for t in tokenize(tokenizer, texts)))
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
@@ -286,25 +338,31 @@ def train_denoiser(
     torch.manual_seed(cfg.seed + 1)
     means, stds, prompt_index = encoded
     if cfg.init_from:
-        transformer = WanTransformer3DModel.from_pretrained(cfg.init_from, subfolder="transformer").train()
-        text_encoder = UMT5EncoderModel.from_pretrained(cfg.init_from, subfolder="text_encoder").train()
+        transformer = WanTransformer3DModel.from_pretrained(cfg.init_from, subfolder="transformer")
+        text_encoder = UMT5EncoderModel.from_pretrained(cfg.init_from, subfolder="text_encoder")
     else:
-        transformer, text_encoder = build_transformer().train(), build_text_encoder(tokenizer).train()
+        transformer, text_encoder = build_transformer(), build_text_encoder(tokenizer)
+    transformer, text_encoder = transformer.to(cfg.device).train(), text_encoder.to(cfg.device).train()
     params = list(transformer.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    on_gpu = cfg.device != "cpu"  # fused AdamW and multi-tensor EMA updates: a few kernels per step, not hundreds
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=on_gpu or None)
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=on_gpu) if cfg.ema_decay else None
     schedule = warmup_cosine(optimizer, cfg.steps)
+    # every prompt tokenized once; row len(prompts) is the empty prompt that prompt dropout puts in
+    ids, mask = (t.to(cfg.device) for t in tokenize(tokenizer, [p.text for p in prompts] + [""]))
+    prompt_index = torch.tensor(prompt_index, device=cfg.device)
     rng = np.random.default_rng(cfg.seed + 1)
     for step in range(cfg.steps):
-        rows = torch.from_numpy(rng.integers(0, len(prompt_index), size=cfg.batch))
+        rows = torch.from_numpy(rng.integers(0, len(prompt_index), size=cfg.batch)).to(cfg.device)
+        dropped = torch.from_numpy(rng.random(cfg.batch) < cfg.prompt_dropout).to(cfg.device)
         latents = normalize_latents(vae, means[rows] + stds[rows] * torch.randn_like(means[rows]))
-        texts = ["" if rng.random() < cfg.prompt_dropout else prompts[prompt_index[r]].text for r in rows.tolist()]
+        texts = torch.where(dropped, len(prompts), prompt_index[rows])
         noise = torch.randn_like(latents)
-        sigmas = shifted_sigmas(torch.rand(len(rows))).view(-1, 1, 1, 1, 1)
+        sigmas = shifted_sigmas(torch.rand(len(rows), device=cfg.device)).view(-1, 1, 1, 1, 1)
         noisy = (1.0 - sigmas) * latents + sigmas * noise
         prediction = transformer(
             hidden_states=noisy, timestep=sigmas.flatten() * 1000.0,
-            encoder_hidden_states=encode_prompts(tokenizer, text_encoder, texts), return_dict=False,
+            encoder_hidden_states=embed_tokens(text_encoder, ids[texts], mask[texts]), return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, noise - latents)
         update(loss, params, optimizer, schedule, ema)
@@ -328,7 +386,7 @@ def assemble(vae, text_encoder, tokenizer, transformer) -> WanPipeline:
 def reconstruction_error(vae: AutoencoderKLWan, seed: int) -> float:
     """Mean squared error (pixels in [-1, 1]) of encoding and decoding 64 clips of held-out prompts."""
     prompts = split_prompts("held_out")
-    pixels = clip_pixels(prompts[:: max(1, len(prompts) // 64)][:64], seed)
+    pixels = clip_pixels(prompts[:: max(1, len(prompts) // 64)][:64], seed).to(next(vae.parameters()).device)
     decoded = torch.cat([vae.decode(vae.encode(chunk).latent_dist.mean).sample for chunk in pixels.split(16)])
     return float(F.mse_loss(decoded, pixels))
 
@@ -337,6 +395,8 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     """Run all stages and save the pipeline into ``out`` (with ``training_config.json``); returns ``out``."""
     out = Path(out)
     torch.set_num_threads(cfg.threads)
+    if cfg.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     started = time.time()
 
     def log(message: str) -> None:
@@ -348,7 +408,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
         prompts = prompts[:: max(1, len(prompts) // cfg.max_prompts)][: cfg.max_prompts]
     tokenizer = t5_tokenizer()
     if cfg.vae_from:
-        vae = AutoencoderKLWan.from_pretrained(cfg.vae_from).eval().requires_grad_(False)
+        vae = AutoencoderKLWan.from_pretrained(cfg.vae_from).to(cfg.device).eval().requires_grad_(False)
     else:
         def vae_checkpoint(vae: AutoencoderKLWan, step: int) -> None:
             vae.save_pretrained(out.with_name(out.name + ".vae-partial"))
@@ -361,7 +421,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
         vae = finetune_decoder(cfg, vae, prompts, log)
         log(f"after decoder fine-tuning: {reconstruction_error(vae, cfg.seed + 3):.5f}")
         vae.save_pretrained(out.with_name(out.name + ".vae"))  # latents_mean/std kept: the encoder is unchanged
-    encoded = encode_renders(vae, prompts, cfg.renders_per_prompt, seed=cfg.seed * 7_000_003)
+    encoded = encode_renders(vae, prompts, cfg, seed=cfg.seed * 7_000_003)
     log(f"encoded {len(encoded[2])} clips of {len(prompts)} training prompts; latents {list(encoded[0].shape[1:])}")
     if not cfg.vae_from:
         set_latent_statistics(vae, encoded[0])

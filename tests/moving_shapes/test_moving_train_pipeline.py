@@ -11,10 +11,14 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 
 from diffusion_align.moving_shapes.train_pipeline import (
     FLOW_SHIFT,
+    RenderedBatches,
+    RenderedChunks,
     VideoTrainConfig,
     build_vae,
+    clip_pixels,
     encode_prompts,
     finetune_decoder,
+    rendered,
     shifted_sigmas,
     train_pipeline,
     train_vae,
@@ -107,3 +111,22 @@ def test_autoencoder_checkpoints_during_training_and_continues_from_one(trained,
                           split_prompts("train")[:4], log=lambda message: None)
     bias = continued.decoder.conv_out.bias
     assert torch.allclose(bias, torch.full_like(bias, 0.5), atol=0.01) and not torch.equal(bias, torch.full_like(bias, 0.5))
+
+
+def test_rendered_batches_are_the_same_whichever_process_renders_them():
+    """A step's clips are seeded by (seed, step): rendering in 2 loader processes changes nothing (GPU training)."""
+    batches = RenderedBatches(split_prompts("train")[:20], steps=3, batch=2, seed=5)
+    inline = list(rendered(batches, VideoTrainConfig(workers=0)))
+    parallel = list(rendered(batches, VideoTrainConfig(workers=2)))
+    assert len(inline) == len(parallel) == 3 and inline[0].shape == (2, 3, FRAMES, FRAME_SIZE, FRAME_SIZE)
+    for a, b in zip(inline, parallel):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(inline[0], inline[1])  # each step draws and renders anew
+
+
+def test_rendered_chunks_are_the_index_rendered_in_order():
+    prompts = split_prompts("train")[:3]
+    index = [0, 0, 1, 2, 2]  # 5 rows in chunks of 2: the last chunk holds one clip
+    chunks = list(rendered(RenderedChunks(prompts, index, chunk=2, seed=11), VideoTrainConfig(workers=2)))
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    torch.testing.assert_close(chunks[1], clip_pixels([prompts[1], prompts[2]], 11 + 2), rtol=0, atol=0)
