@@ -6,6 +6,8 @@ the median of synchronized steady-state steps (forward, reference, backward, opt
 
     python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
     python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
+    python bench/bench_train.py --models sd15 --override model.adapter.path=/models/sd15-size --resolution 512 \
+        --batch-size 8 --precision bf16 --cache on                    # a full-size model from a local directory
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def measure(args) -> dict:
     tmp = tempfile.mkdtemp()
     write_tiny_pairwise_parquet(tmp + "/data", n_rows=max(64, args.batch_size * 4), resolution=args.resolution, ties=0)
     cfg = compose(args.models[0], args.modes[0], args.cache == "on", args.batch_size, tmp + "/data", tmp + "/out",
-                  [f"model.resolution={args.resolution}", f"trainer.mixed_precision={args.precision}"])
+                  [f"model.resolution={args.resolution}", f"trainer.mixed_precision={args.precision}",
+                   *args.override])
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
     adapter = build(cfg.model.adapter)
     reference = make_reference(cfg, adapter)
@@ -108,6 +111,8 @@ def main() -> None:
     parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--override", action="append", default=[],
+                        help="a hydra override for every configuration, e.g. model.adapter.path=DIR (repeatable)")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single:
@@ -120,7 +125,8 @@ def main() -> None:
             for cache in caches:
                 cmd = [sys.executable, __file__, "--single", "--models", model, "--modes", mode, "--cache", cache,
                        "--batch-size", str(args.batch_size), "--resolution", str(args.resolution),
-                       "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                       *(f"--override={o}" for o in args.override)]
                 done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
                 if done.returncode != 0:
                     raise SystemExit(f"{model} {mode} cache={cache} failed:\n{done.stderr[-3000:]}")
