@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor, nn
 
 TimestepKind = Literal["discrete", "flow"]
@@ -86,6 +87,28 @@ class PipelineAdapter:
             if encoder is not None:
                 modules[name] = encoder
         return modules
+
+
+class FlowMatchingAdapter(PipelineAdapter):
+    """What the rectified-flow families (SD3, Flux, Wan) share: ``x_σ = (1-σ)·x0 + σ·ε``, target ``ε - x0``, and
+    timesteps that are float σ in [0, 1] (their transformers read ``σ·1000``).
+
+    ``noise_scheduler`` is a ``FlowMatchEulerDiscreteScheduler`` from the pipeline's scheduler config (the authors'
+    scripts' ``noise_scheduler_copy``); its σ grid is unused here: σ comes from the trainer's sampler.
+    """
+
+    def _set_flow_schedule(self, scheduler_config) -> None:
+        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+        self.schedule = NoiseSchedule("flow", self.noise_scheduler.config.num_train_timesteps)
+
+    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
+        check_sigmas(f"{type(self).__name__}.add_noise", timesteps)
+        return flow_noisy(latents, noise, timesteps)
+
+    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The flow velocity ``ε - x0``."""
+        return flow_velocity(latents, noise)
 
 
 @torch.no_grad()

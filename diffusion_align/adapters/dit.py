@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from diffusers import (
     DDPMScheduler,
-    FlowMatchEulerDiscreteScheduler,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
     StableDiffusion3Pipeline,
@@ -27,16 +26,15 @@ from diffusers.loaders import PeftAdapterMixin
 from torch import Tensor, nn
 
 from diffusion_align.adapters.base import (
+    FlowMatchingAdapter,
     NoiseSchedule,
     PipelineAdapter,
     check_sigmas,
-    flow_noisy,
-    flow_velocity,
     image_posterior,
 )
 
 
-class SD3Adapter(PipelineAdapter):
+class SD3Adapter(FlowMatchingAdapter):
     """Stable Diffusion 3 / 3.5: ``SD3Transformer2DModel`` on CLIP-L + CLIP-G + T5 text, rectified flow.
 
     Args:
@@ -59,9 +57,7 @@ class SD3Adapter(PipelineAdapter):
         self.denoiser: nn.Module = pipeline.transformer
         self.resolution = resolution
         self.max_sequence_length = max_sequence_length
-        # the script's ``noise_scheduler_copy``; its sigma grid is unused (σ comes from the trainer's sampler)
-        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
-        self.schedule = NoiseSchedule("flow", self.noise_scheduler.config.num_train_timesteps)
+        self._set_flow_schedule(pipeline.scheduler.config)
 
     @classmethod
     def from_pretrained(
@@ -99,15 +95,6 @@ class SD3Adapter(PipelineAdapter):
     def scale_latents(self, sample: Tensor) -> Tensor:
         config = self.pipeline.vae.config
         return (sample - config.shift_factor) * config.scaling_factor
-
-    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
-        check_sigmas("SD3Adapter.add_noise", timesteps)
-        return flow_noisy(latents, noise, timesteps)
-
-    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The flow velocity ``ε - x0``."""
-        return flow_velocity(latents, noise)
 
     def predict(
         self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None

@@ -16,20 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers import FluxPipeline
 from torch import Tensor, nn
 
 from diffusion_align.adapters.base import (
-    NoiseSchedule,
-    PipelineAdapter,
+    FlowMatchingAdapter,
     check_sigmas,
-    flow_noisy,
-    flow_velocity,
     image_posterior,
 )
 
 
-class FluxAdapter(PipelineAdapter):
+class FluxAdapter(FlowMatchingAdapter):
     """Flux.1: ``FluxTransformer2DModel`` (double- and single-stream blocks) on CLIP pooled + T5 text.
 
     Args:
@@ -60,9 +57,7 @@ class FluxAdapter(PipelineAdapter):
         self.guidance_scale = self._checked_guidance(
             pipeline.transformer.config.guidance_embeds, guidance_scale
         )
-        # the script's ``noise_scheduler_copy``; its sigma grid is unused (σ comes from the trainer's sampler)
-        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
-        self.schedule = NoiseSchedule("flow", self.noise_scheduler.config.num_train_timesteps)
+        self._set_flow_schedule(pipeline.scheduler.config)
 
     @staticmethod
     def _checked_guidance(has_guidance: bool, guidance_scale: float | None) -> float | None:
@@ -112,15 +107,6 @@ class FluxAdapter(PipelineAdapter):
     def scale_latents(self, sample: Tensor) -> Tensor:
         config = self.pipeline.vae.config
         return (sample - config.shift_factor) * config.scaling_factor
-
-    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
-        check_sigmas("FluxAdapter.add_noise", timesteps)
-        return flow_noisy(latents, noise, timesteps)
-
-    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The flow velocity ``ε - x0``."""
-        return flow_velocity(latents, noise)
 
     def predict(
         self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None

@@ -19,15 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, FlowMatchEulerDiscreteScheduler, WanPipeline
+from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, WanPipeline
 from torch import Tensor, nn
 
 from diffusion_align.adapters.base import (
+    FlowMatchingAdapter,
     NoiseSchedule,
     PipelineAdapter,
     check_sigmas,
-    flow_noisy,
-    flow_velocity,
     t5_prompt_embeds,
 )
 
@@ -40,7 +39,7 @@ def _video_posterior(vae: nn.Module, pixels: Tensor, owner: str) -> tuple[Tensor
     return dist.mean, dist.std
 
 
-class WanAdapter(PipelineAdapter):
+class WanAdapter(FlowMatchingAdapter):
     """Wan 2.1 text-to-video: ``WanTransformer3DModel`` on UMT5 text, rectified flow on ``[N, 16, f, h, w]``.
 
     Args:
@@ -64,10 +63,7 @@ class WanAdapter(PipelineAdapter):
         self.denoiser: nn.Module = pipeline.transformer
         self.resolution = resolution
         self.max_sequence_length = max_sequence_length
-        # the training scheduler (the hub's Wan pipelines sample with UniPC in flow mode); its sigma grid is
-        # unused here: σ comes from the trainer's sampler
-        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
-        self.schedule = NoiseSchedule("flow", self.noise_scheduler.config.num_train_timesteps)
+        self._set_flow_schedule(pipeline.scheduler.config)  # the hub's Wan pipelines sample with UniPC (flow)
 
     @classmethod
     def from_pretrained(
@@ -98,15 +94,6 @@ class WanAdapter(PipelineAdapter):
         mean = torch.tensor(config.latents_mean, device=sample.device, dtype=sample.dtype).view(shape)
         std = torch.tensor(config.latents_std, device=sample.device, dtype=sample.dtype).view(shape)
         return (sample - mean) / std
-
-    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_σ = (1-σ)·x0 + σ·ε`` with ``timesteps`` the per-sample σ ``[N]``."""
-        check_sigmas("WanAdapter.add_noise", timesteps)
-        return flow_noisy(latents, noise, timesteps)
-
-    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The flow velocity ``ε - x0``."""
-        return flow_velocity(latents, noise)
 
     def predict(
         self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor], denoiser: nn.Module | None = None
