@@ -82,6 +82,9 @@ class VideoTrainConfig:
     vae_from: str = ""  # a saved autoencoder directory: skip stage 1
     init_from: str = ""  # a saved Moving Shapes pipeline: stage 2 continues from its transformer and text encoder
     max_prompts: int = 0  # train on an evenly spaced subset of this many training prompts (0: all 5,400)
+    transformer_layers: int = 4  # a new transformer's blocks (ignored with init_from)
+    transformer_heads: int = 4  # its attention heads of 32 channels: width = 32 x heads
+    patch: int = 4  # its spatial patch side in latent pixels; width must be >= patch x patch x 8
     device: str = "cpu"  # cpu | cuda (float32 throughout; TF32 matmuls on a GPU)
     workers: int = 0  # data-loader processes rendering clips (0: rendered in the training process)
 
@@ -132,24 +135,34 @@ def build_text_encoder(tokenizer: T5Tokenizer) -> UMT5EncoderModel:
     return UMT5EncoderModel(config)
 
 
-def build_transformer() -> WanTransformer3DModel:
-    """``WanTransformer3DModel``: 4 blocks of width 128 (4 heads x 32), patch 1 x 4 x 4 -> 5 x 4 x 4 = 80 tokens.
+def build_transformer(layers: int = 4, heads: int = 4, patch: int = 4) -> WanTransformer3DModel:
+    """``WanTransformer3DModel``: by default 4 blocks of width 128 (4 heads x 32), patch 1 x 4 x 4 -> 5 x 4 x 4 = 80
+    tokens.
 
     Patches of 4 x 4 latent pixels (8 x 8 px of two frames), not Wan's 2 x 2: 320 tokens made a training step
     3.5x slower on a CPU core (1.5 s against 0.43 s for 32 clips). The width must be at least a patch's 4 x 4 x 8 =
     128 latent values: at width 64 the output projection has rank 64, half of each patch's noise cannot be passed
     through, and 2,000 steps left the velocity loss at 0.74 even at sigma 0.2 and the samples grainy, without objects.
+    At width 128 and 8,500 steps of 128-256 clips on a GPU, samples are still incoherent over time (README): ``layers``,
+    ``heads`` and ``patch`` (2: 320 tokens) are the knobs to try next.
+
+    Raises:
+        ValueError: the width ``32 x heads`` is below a patch's ``patch x patch x 8`` latent values.
     """
+    width, values = 32 * heads, patch * patch * LATENT_CHANNELS
+    if width < values:
+        raise ValueError(f"--transformer-heads {heads} (width {width}) with --patch {patch}: a token carries {values} "
+                         f"latent values, so the width must be at least {values} ({values // 32} heads)")
     return WanTransformer3DModel(
-        patch_size=(1, 4, 4),
-        num_attention_heads=4,
+        patch_size=(1, patch, patch),
+        num_attention_heads=heads,
         attention_head_dim=32,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         text_dim=TEXT_WIDTH,
         freq_dim=64,
-        ffn_dim=512,
-        num_layers=4,
+        ffn_dim=4 * width,
+        num_layers=layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=64,
@@ -341,7 +354,8 @@ def train_denoiser(
         transformer = WanTransformer3DModel.from_pretrained(cfg.init_from, subfolder="transformer")
         text_encoder = UMT5EncoderModel.from_pretrained(cfg.init_from, subfolder="text_encoder")
     else:
-        transformer, text_encoder = build_transformer(), build_text_encoder(tokenizer)
+        transformer = build_transformer(cfg.transformer_layers, cfg.transformer_heads, cfg.patch)
+        text_encoder = build_text_encoder(tokenizer)
     transformer, text_encoder = transformer.to(cfg.device).train(), text_encoder.to(cfg.device).train()
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     on_gpu = cfg.device != "cpu"  # fused AdamW and multi-tensor EMA updates: a few kernels per step, not hundreds

@@ -14,6 +14,7 @@ from diffusion_align.moving_shapes.train_pipeline import (
     RenderedBatches,
     RenderedChunks,
     VideoTrainConfig,
+    build_transformer,
     build_vae,
     clip_pixels,
     encode_prompts,
@@ -130,3 +131,14 @@ def test_rendered_chunks_are_the_index_rendered_in_order():
     chunks = list(rendered(RenderedChunks(prompts, index, chunk=2, seed=11), VideoTrainConfig(workers=2)))
     assert [len(c) for c in chunks] == [2, 2, 1]
     torch.testing.assert_close(chunks[1], clip_pixels([prompts[1], prompts[2]], 11 + 2), rtol=0, atol=0)
+
+
+def test_transformer_knobs_and_the_width_a_patch_needs():
+    small = build_transformer(layers=1, heads=1, patch=2)  # 2 x 2 x 8 = 32 values per token: width 32 suffices
+    assert small.config.patch_size == (1, 2, 2) and small.config.num_layers == 1
+    with torch.no_grad():
+        out = small(hidden_states=torch.zeros(1, 8, 5, 16, 16), timestep=torch.tensor([500.0]),
+                    encoder_hidden_states=torch.zeros(1, 4, 32), return_dict=False)[0]
+    assert out.shape == (1, 8, 5, 16, 16)
+    with pytest.raises(ValueError, match="at least 128"):
+        build_transformer(heads=2, patch=4)  # width 64 < 4 x 4 x 8: the rank-64 bottleneck measured at width 64
