@@ -21,7 +21,7 @@ Training clips are rendered from the train split only and encoded once. Every st
 or ``cuda``); clips are rendered on the CPU, by ``--workers`` data-loader processes when that is above 0 (on a GPU
 the renderer, ~1.3 ms per clip on one core, would otherwise be the bottleneck). Measured on one H200 with
 ``--device cuda --workers 12``: 0.11 s per autoencoder step of 32 clips, 0.037 s per transformer step of 128 clips
-(0.044 at 256), the 21,600 training clips rendered and encoded in 5 s; on 2 CPU cores 0.57 s per transformer step of 32.
+(0.041 at 256), the 21,600 training clips rendered and encoded in 5 s; on 2 CPU cores 0.57 s per transformer step of 32.
 """
 
 from __future__ import annotations
