@@ -299,11 +299,18 @@ def set_latent_statistics(vae: AutoencoderKLWan, means: torch.Tensor) -> None:
     vae.register_to_config(latents_mean=per_channel.mean(1).tolist(), latents_std=per_channel.std(1).tolist())
 
 
-def normalize_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
-    """``(z - latents_mean) / latents_std`` per channel: what ``WanPipeline`` undoes before decoding."""
+def latent_statistics(vae: AutoencoderKLWan, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel ``latents_mean`` and ``latents_std`` as ``[1, C, 1, 1, 1]`` tensors on ``device``."""
     shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(shape)
-    std = torch.tensor(vae.config.latents_std, device=latents.device).view(shape)
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=device).view(shape)
+    return mean, std
+
+
+def normalize_latents(latents: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``(z - latents_mean) / latents_std`` per channel (``statistics``: :func:`latent_statistics`): what
+    ``WanPipeline`` undoes before decoding."""
+    mean, std = statistics
     return (latents - mean) / std
 
 
@@ -365,11 +372,12 @@ def train_denoiser(
     # every prompt tokenized once; row len(prompts) is the empty prompt that prompt dropout puts in
     ids, mask = (t.to(cfg.device) for t in tokenize(tokenizer, [p.text for p in prompts] + [""]))
     prompt_index = torch.tensor(prompt_index, device=cfg.device)
+    statistics = latent_statistics(vae, cfg.device)  # once: not two host-to-device copies per step
     rng = np.random.default_rng(cfg.seed + 1)
     for step in range(cfg.steps):
         rows = torch.from_numpy(rng.integers(0, len(prompt_index), size=cfg.batch)).to(cfg.device)
         dropped = torch.from_numpy(rng.random(cfg.batch) < cfg.prompt_dropout).to(cfg.device)
-        latents = normalize_latents(vae, means[rows] + stds[rows] * torch.randn_like(means[rows]))
+        latents = normalize_latents(means[rows] + stds[rows] * torch.randn_like(means[rows]), statistics)
         texts = torch.where(dropped, len(prompts), prompt_index[rows])
         noise = torch.randn_like(latents)
         sigmas = shifted_sigmas(torch.rand(len(rows), device=cfg.device)).view(-1, 1, 1, 1, 1)
