@@ -1,13 +1,16 @@
 """Training throughput and peak memory of DPO-LoRA, DPO-full and MaPO, with and without the latent cache.
 
 Each configuration runs in its own process (so peak memory is its own) through the training loop's own building
-blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, method, loader, optimizer. Timing is
-the median of synchronized steady-state steps (forward, reference, backward, optimizer step), after warm-up.
+blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, speed options (gradient
+checkpointing, ``torch.compile``), method, loader, optimizer. Timing is the median of synchronized steady-state steps
+(forward, reference, backward, optimizer step), after warm-up (compilation happens in the warm-up steps).
 
     python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
     python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
     python bench/bench_train.py --models sd15 --override model.adapter.path=/models/sd15-size --resolution 512 \
         --batch-size 8 --precision bf16 --cache on                    # a full-size model from a local directory
+    python bench/bench_train.py --models tiny_sd15 --modes dpo_lora --override trainer.compile=regional
+    python bench/bench_train.py --models tiny_sd15 --modes dpo_full --override trainer.gradient_checkpointing=true
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def measure(args) -> dict:
     from diffusion_align.train.data import make_loader
     from diffusion_align.train.loop import (
         WEIGHT_DTYPES,
+        apply_speed_options,
         make_method,
         make_reference,
         make_trainable,
@@ -71,6 +75,7 @@ def measure(args) -> dict:
     reference = make_reference(cfg, adapter)
     params = make_trainable(cfg, adapter)
     place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[cfg.trainer.mixed_precision])
+    apply_speed_options(cfg.trainer, adapter)  # trainer.gradient_checkpointing / trainer.compile via --override
     method = make_method(cfg, adapter)
     loader = make_loader(cfg, adapter)
     optimizer = build(cfg.trainer.optimizer)(params)

@@ -33,6 +33,7 @@ from diffusion_align.io import write_text_atomic
 from diffusion_align.noising import make_noising
 from diffusion_align.reference import NoReference
 from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffusion_align.train.compile import compile_denoiser, compile_mode
 from diffusion_align.train.data import make_loader
 from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
@@ -94,10 +95,7 @@ def run(cfg: DictConfig) -> Path:
     reference = make_reference(cfg, adapter)  # before LoRA: a frozen copy must be of the base network
     params = make_trainable(cfg, adapter)
     place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[trainer.mixed_precision])
-    if trainer.gradient_checkpointing:
-        adapter.denoiser.enable_gradient_checkpointing()
-    if trainer.compile:
-        adapter.denoiser.compile()
+    apply_speed_options(trainer, adapter)
     method = make_method(cfg, adapter)
     with accelerator.main_process_first():  # the latent cache is built once, by the main process
         loader = make_loader(cfg, adapter)
@@ -196,6 +194,13 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
         cast_frozen(module.requires_grad_(False).to(accelerator.device), weight_dtype)
     cast_frozen(adapter.denoiser.to(accelerator.device), weight_dtype)
     reference.to(accelerator.device)
+
+
+def apply_speed_options(trainer: DictConfig, adapter) -> None:
+    """``trainer.gradient_checkpointing`` and ``trainer.compile`` on the denoiser, after LoRA and placement."""
+    if trainer.gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    compile_denoiser(adapter.denoiser, compile_mode(trainer.compile))
 
 
 def make_method(cfg: DictConfig, adapter) -> StepInputs | OnlineInputs:

@@ -14,6 +14,7 @@ from importlib.resources import files
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_align.config import ConfigError
+from diffusion_align.train.compile import compile_mode
 
 NONFINITE_POLICIES = ("skip", "stop")
 
@@ -49,11 +50,13 @@ def unknown_keys(node: DictConfig, defaults: dict[str, object], prefix: str) -> 
 
 
 def check_trainer_config(trainer: DictConfig) -> None:
-    """Raise :class:`ConfigError` for an unknown ``trainer`` key or an unknown ``trainer.on_nonfinite`` policy."""
+    """Raise :class:`ConfigError` for an unknown ``trainer`` key, ``trainer.compile`` mode or
+    ``trainer.on_nonfinite`` policy."""
     unknown = unknown_keys(trainer, known_keys(default_trainer_config()), "trainer.")
     if unknown:
         raise ConfigError(f"unknown trainer key(s) {', '.join(unknown)}: see conf/trainer/default.yaml for the "
                           "keys the training loop reads")
+    compile_mode(trainer.compile)
     if trainer.on_nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"trainer.on_nonfinite '{trainer.on_nonfinite}': expected one of "
                           f"{', '.join(NONFINITE_POLICIES)}")

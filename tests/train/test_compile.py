@@ -1,0 +1,80 @@
+"""``trainer.compile``: the modes, which modules each compiles, and a training run with regional compilation."""
+
+import pytest
+import torch
+from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from diffusion_align.config import ConfigError
+from diffusion_align.train.compile import compile_denoiser, compile_mode, repeated_block_classes
+
+
+@pytest.mark.parametrize(("value", "mode"), [(False, None), (None, None), ("false", None), (True, "full"),
+                                             ("true", "full"), ("full", "full"), ("regional", "regional")])
+def test_compile_modes(value, mode):
+    assert compile_mode(value) == mode
+
+
+def test_unknown_compile_mode_is_refused():
+    with pytest.raises(ConfigError, match="trainer.compile 'fast'.*full, regional"):
+        compile_mode("fast")
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Class names of the modules ``nn.Module.compile`` is called on (compiled with the eager backend: the wiring,
+    not inductor's C++ build, is under test)."""
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def record(self, *args, **kwargs):
+        compiled.append(type(self).__name__)
+        return original(self, *args, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", record)
+    return compiled
+
+
+@pytest.mark.parametrize(("path_fixture", "cls", "blocks"), [
+    ("tiny_sd15_path", UNet2DConditionModel, {"BasicTransformerBlock"}),  # declared: _repeated_blocks
+    ("tiny_sd3_path", SD3Transformer2DModel, {"JointTransformerBlock"}),  # found: transformer_blocks
+    ("tiny_pixart_path", PixArtTransformer2DModel, {"BasicTransformerBlock"}),
+])
+def test_regional_compiles_each_repeated_block(request, recorded, path_fixture, cls, blocks):
+    subfolder = "unet" if cls is UNet2DConditionModel else "transformer"
+    denoiser = cls.from_pretrained(request.getfixturevalue(path_fixture), subfolder=subfolder)
+    assert repeated_block_classes(denoiser) == blocks
+    compiled = compile_denoiser(denoiser, "regional")
+    expected = [m for m in denoiser.modules() if type(m).__name__ in blocks]
+    assert len(compiled) == len(expected) >= 1 and all(a is b for a, b in zip(compiled, expected, strict=True))
+    assert set(recorded) == blocks and len(recorded) == len(expected)
+
+
+def test_full_compiles_the_denoiser_and_off_compiles_nothing(tiny_sd15_path, recorded):
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15_path, subfolder="unet")
+    assert compile_denoiser(unet, None) == [] and recorded == []
+    assert compile_denoiser(unet, "full") == [unet] and recorded == ["UNet2DConditionModel"]
+
+
+def test_regional_without_blocks_is_refused():
+    with pytest.raises(ValueError, match="no _repeated_blocks.*trainer.compile=full"):
+        compile_denoiser(torch.nn.Sequential(torch.nn.Linear(2, 2)), "regional")
+
+
+def test_training_with_regional_compilation(run_train, tiny_pairs, tmp_path, recorded):
+    """The loop trains through compiled blocks with the LoRA-disabled reference, and the saved LoRA keeps its
+    names (``nn.Module.compile`` adds no ``_orig_mod`` prefix): it equals an eager run's."""
+    eager = run_train(tmp_path / "eager", f"data.dataset.paths={tiny_pairs}")
+    assert recorded == []
+    compiled = run_train(tmp_path / "regional", f"data.dataset.paths={tiny_pairs}", "trainer.compile=regional")
+    assert recorded and set(recorded) == {"BasicTransformerBlock"}
+    a = load_file(eager / "pytorch_lora_weights.safetensors")
+    b = load_file(compiled / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+def test_config_check_names_a_bad_compile_mode(run_train, tiny_pairs, tmp_path):
+    with pytest.raises(ConfigError, match="trainer.compile 'fastest'"):
+        run_train(tmp_path / "bad", f"data.dataset.paths={tiny_pairs}", "trainer.compile=fastest")
