@@ -9,8 +9,10 @@ Usage::
 For each pipeline and batch size: ``generate`` is the pipeline calls alone (``images`` candidates, ``batch``
 per call, each with its own seed), ``score`` the reward ensemble's raw scores of those images (``batch`` per
 forward pass), ``both`` the two in sequence. A last row runs ``generate_dataset`` end to end (all pipelines, PNG
-encoding, ranking, pairs, atomic Parquet shards) at the largest batch size. The first call of every shape is a
-warm-up and is not timed. Tiny pipelines and rewards measure the machinery, not real-model speed.
+encoding, ranking, pairs, atomic Parquet shards) at the largest batch size, and the last line sets it against a bare
+loop over the same candidates (load each pipeline, call it, run the reward forwards; nothing written), both from
+freshly loaded pipelines: the cost of ``diffalign generate``'s bookkeeping (issue 13's target: within 1.2x). In the
+rows above the first call of every shape is a warm-up and is not timed. Tiny pipelines and rewards measure the machinery, not real-model speed.
 """
 
 from __future__ import annotations
@@ -111,21 +113,53 @@ def main() -> None:
         print(f"device {args.device}, {args.images} images per row, {args.steps} steps, "
               f"guidance {args.guidance_scale}, threads {torch.get_num_threads()}")
         print(f"{'pipeline':<12} {'batch':>5} {'generate img/s':>15} {'score img/s':>12} {'both img/s':>11}")
+        batch = max(args.batch_sizes)
         for spec in specs:
             pipeline = load_pipeline(spec, args.device)
-            for batch in args.batch_sizes:
-                gen, score = measure(spec, pipeline, reward, batch, args.images, args.device)
-                print(f"{spec.name:<12} {batch:>5} {args.images / gen:>15.2f} {args.images / score:>12.2f} "
+            for size in args.batch_sizes:
+                gen, score = measure(spec, pipeline, reward, size, args.images, args.device)
+                print(f"{spec.name:<12} {size:>5} {args.images / gen:>15.2f} {args.images / score:>12.2f} "
                       f"{args.images / (gen + score):>11.2f}")
             del pipeline
-        batch = max(args.batch_sizes)
         specs = [PipelineSpec(s.name, s.path, s.call, batch_size=batch, dtype=s.dtype) for s in specs]
-        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(1, args.images // (2 * len(specs))))]
+        prompts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(max(1, args.images // (2 * len(specs))))]
+        bare, bare_load = bare_loop(specs, reward, prompts, 2, batch, args.device)
         seconds, summary = timed(lambda: generate_dataset(
             prompts, specs, reward, tmp_dir / "dataset", images_per_prompt=2, prompts_per_shard=len(prompts),
             pairs=PairSelection("all_pairs"), reward_batch_size=batch, device=args.device, progress=False), args.device)
         print(f"{'end to end':<12} {batch:>5} {'':>15} {'':>12} {summary.candidates / seconds:>11.2f}"
               f"   (generate_dataset: {summary.candidates} images incl. pipeline loading, PNG, Parquet)")
+        print(f"end to end / bare loop: {seconds / bare:.2f}x (target <= 1.2x): generate_dataset {seconds:.2f} s, "
+              f"the bare loop {bare:.2f} s ({bare_load:.2f} s of it loading the pipelines)")
+
+
+def bare_loop(specs: list[PipelineSpec], reward, prompts: list[str], per_prompt: int, batch: int, device: str
+              ) -> tuple[float, float]:
+    """What ``generate_dataset`` is measured against: load each pipeline, call it on the same candidates ``batch``
+    at a time (per-candidate seeded generators), score every image with the ensemble's forward; nothing written.
+
+    Returns:
+        total seconds (first calls included, as in any fresh process) and the seconds of those spent loading.
+    """
+    candidates = [(prompt, k) for prompt in prompts for k in range(per_prompt)]
+    total = load = 0.0
+    for spec in specs:
+        seconds, pipeline = timed(lambda spec=spec: load_pipeline(spec, device), device)
+        load += seconds
+        total += seconds
+
+        def run(pipeline=pipeline, spec=spec) -> None:
+            for start in range(0, len(candidates), batch):
+                chunk = candidates[start : start + batch]
+                texts = [prompt for prompt, _ in chunk]
+                generators = [torch.Generator("cpu").manual_seed(start + i) for i in range(len(chunk))]
+                images = pipeline(prompt=texts, generator=generators, output_type="pil", **spec.call).images
+                raw_scores(reward, images, texts, batch)
+
+        seconds, _ = timed(run, device)
+        total += seconds
+        del pipeline
+    return total, load
 
 
 if __name__ == "__main__":
