@@ -75,7 +75,7 @@ def measure(args) -> dict:
     reference = make_reference(cfg, adapter)
     params = make_trainable(cfg, adapter)
     place_modules(adapter, reference, accelerator, WEIGHT_DTYPES[cfg.trainer.mixed_precision])
-    apply_speed_options(cfg.trainer, adapter)  # trainer.gradient_checkpointing / trainer.compile via --override
+    apply_speed_options(cfg.trainer, adapter, reference)  # trainer.gradient_checkpointing / trainer.compile via --override
     method = make_method(cfg, adapter)
     loader = make_loader(cfg, adapter)
     optimizer = build(cfg.trainer.optimizer)(params)

@@ -8,7 +8,8 @@ MMDiT, PixArt, CogVideoX in diffusers 0.42) they are the element classes of the 
 (``transformer_blocks``, ``single_transformer_blocks``, ``blocks``).
 
 The policy and the LoRA-disabled reference run the same compiled modules: peft's adapter switch is a Python flag
-that dynamo guards on, so each block gets one graph with the adapters on and one with them off.
+that dynamo guards on, so each block gets one graph with the adapters on and one with them off. A frozen or EMA
+reference copy is compiled the same way (``train.loop.apply_speed_options``).
 """
 
 from __future__ import annotations

@@ -75,6 +75,12 @@ def test_training_with_regional_compilation(run_train, tiny_pairs, tmp_path, rec
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_frozen_reference_copy_is_compiled_too(run_train, tiny_pairs, tmp_path, recorded):
+    run_train(tmp_path / "full", f"data.dataset.paths={tiny_pairs}", "model.finetune.mode=full",
+              "reference=frozen_copy", "trainer.compile=full")
+    assert recorded == ["UNet2DConditionModel", "UNet2DConditionModel"]  # the policy's, then the copy's
+
+
 def test_config_check_names_a_bad_compile_mode(run_train, tiny_pairs, tmp_path):
     with pytest.raises(ConfigError, match="trainer.compile 'fastest'"):
         run_train(tmp_path / "bad", f"data.dataset.paths={tiny_pairs}", "trainer.compile=fastest")
