@@ -235,6 +235,7 @@ def make_method(cfg: DictConfig, adapter) -> StepInputs | OnlineInputs:
         label_fn=None if method.get("label_fn") is None else build(method.label_fn),
         timesteps_arg=method.get("timesteps_arg"),
         noising=noising,
+        shared_noise=method.get("shared_noise", True),
     )
 
 

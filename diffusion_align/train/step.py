@@ -1,7 +1,8 @@
 """The science of one offline preference step: adapter → policy and reference errors → loss.
 
 For each prompt the K candidates (K = 2 for a pair, winner first) share one noise draw and one timestep, as in every
-official offline script (Diffusion-DPO, MaPO, SmPO, InPO). Randomness is drawn per *row* from a generator seeded by
+official offline script (Diffusion-DPO, MaPO, SmPO, InPO); a method with ``shared_noise: false`` (RankDPO's
+Algorithm 2: one t, one ε_i per image) draws each candidate's noise on its own. Randomness is drawn per *row* from a generator seeded by
 (run seed, epoch, dataset row): a row sees the same posterior sample, noise and timestep whatever the batch size, the
 gradient accumulation, the number of processes, or an interruption and resume.
 """
@@ -38,6 +39,8 @@ class StepInputs:
             schedule takes them as ``sigmas``); ``None`` for losses that do not look at timesteps.
         noising: ``None`` for forward noising, else an inversion ``(eps_fn, x0, t, alphas_cumprod, generator=)`` ->
             :class:`~diffusion_align.noising.InvertedLatents` (SmPO's ReNoise, InPO's DDIM; ``method.noising``).
+        shared_noise: forward noising with one noise draw for the K candidates of a row (``True``) or one per
+            candidate (``method.shared_noise: false``); the timestep is shared either way.
     """
 
     loss_fn: Callable[..., LossOutput]
@@ -47,6 +50,7 @@ class StepInputs:
     label_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     timesteps_arg: str | None = None
     noising: Callable[..., InvertedLatents] | None = None
+    shared_noise: bool = True
 
 
 def row_seeds(indices: Tensor, epoch: int, seed: int) -> list[int]:
@@ -112,10 +116,13 @@ def preference_step(
     generators = row_generators(row_seeds(batch.index, epoch, seed), device)
     latents = training_latents(adapter, batch, generators, device)  # [B, K, ...]
     b, k = latents.shape[:2]
-    noise = randn_rows(latents.shape[2:], generators, device)  # shared by the K candidates of a row
+    if method.shared_noise:  # one draw for the K candidates of a row
+        flat_noise = randn_rows(latents.shape[2:], generators, device).repeat_interleave(k, dim=0)
+    else:  # one draw per candidate, from the row's generator
+        flat_noise = randn_rows(latents.shape[1:], generators, device).flatten(0, 1)
     t = torch.cat([method.sample_timesteps(1, generator=g, device=device) for g in generators])
     flat_t = t.repeat_interleave(k)
-    flat_latents, flat_noise = latents.flatten(0, 1), noise.repeat_interleave(k, dim=0)
+    flat_latents = latents.flatten(0, 1)
     cond = conditioning(adapter, batch, k, device)
     if method.noising is None:
         noisy = adapter.add_noise(flat_latents, flat_noise, flat_t)

@@ -84,3 +84,25 @@ def test_every_hyperparameter_has_a_comment(path):
 def test_reference_free_methods_say_so():
     free = {p.stem for p in METHOD_FILES if not OmegaConf.load(p).needs_reference}
     assert free == {"mapo", "sft"}
+
+
+# The authors' values (../shared/reference/METHODS.md), pinned so that a default cannot drift unnoticed: for methods
+# whose launchers differ by model, the SD1.5 launcher's (the default model), in the pairing the authors used.
+AUTHORS_DEFAULTS = {
+    "dpo": {"loss.beta": 5000, "loss.loss_type": "sigmoid"},  # §1a Salesforce launchers, -0.5·β
+    "mapo": {"loss.beta": 0.1, "loss.snr_value": 0.5},  # §2 args.py --beta_mapo, --snr_value
+    "smpo": {"loss.beta": 2000, "inversion_steps": 5},  # §3 SD1.5 launcher: β 2000 with N = 5
+    "inpo": {"loss.beta": 2000, "inversion_steps": 10, "inversion_eta": 0.1},  # §3 InPO: N = 10, 0.1 noise
+    "kto": {"loss.beta": 1000, "loss.lambda_desirable": 1.0, "loss.lambda_undesirable": 1.0},
+    "spo": {"loss.beta": 10, "loss.clip": 0.1, "online.candidates": 4, "online.guidance": 5.0,
+            "online.num_steps": 20, "online.threshold.value": 0.3},  # §4 SPO SD1.5 config
+    "lpo": {"loss.beta": 500, "loss.clip": 0.1},  # §4 LPO configs
+    "rankdpo": {"shared_noise": False},  # §6 Alg. 2: ε_i per image
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_DEFAULTS))
+def test_method_defaults_are_the_authors(name):
+    method = compose_method(name)
+    for key, value in AUTHORS_DEFAULTS[name].items():
+        assert OmegaConf.select(method, key) == value, f"conf/method/{name}.yaml {key}"

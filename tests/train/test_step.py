@@ -198,3 +198,21 @@ def test_renoise_inversion_step_equals_the_formula_written_out(tiny_pipeline_pat
     torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-5)
     forward = preference_step(adapter, LoraDisabledReference(adapter), dpo_inputs(), batch, epoch=EPOCH, seed=SEED)
     assert abs(float(out.metrics["mse/policy_chosen"] - forward.metrics["mse/policy_chosen"])) > 1e-3
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_candidates_share_noise_unless_the_method_says_not(tiny_sd15_path, tiny_pairs, monkeypatch, shared):
+    """``shared_noise=False`` (RankDPO's ε_i per image) gives each candidate its own draw, still from its row's
+    generator: a row's noise is the same alone or in a batch; the timestep stays shared."""
+    adapter = lora_adapter(tiny_sd15_path)
+    seen = []
+    add_noise = adapter.add_noise
+    monkeypatch.setattr(adapter, "add_noise", lambda x0, noise, t: seen.append((noise, t)) or add_noise(x0, noise, t))
+    dataset = PairwiseParquetDataset(str(tiny_pairs), resolution=32, hflip=False)
+    method = StepInputs(mapo_loss, dpo_inputs().sample_timesteps, shared_noise=shared)
+    preference_step(adapter, NoReference(), method, collate_preference([dataset[4]]), epoch=0, seed=0)
+    preference_step(adapter, NoReference(), method, collate_preference([dataset[2], dataset[4]]), epoch=0, seed=0)
+    (alone, t_alone), (together, t_together) = seen
+    torch.testing.assert_close(together[2:], alone)  # row 4: the same two draws
+    assert torch.equal(t_together[2:], t_alone) and t_alone[0] == t_alone[1]
+    assert torch.equal(alone[0], alone[1]) == shared
