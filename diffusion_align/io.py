@@ -1,4 +1,7 @@
-"""Atomic file writes: readers (and a resumed job after a kill) see the old file or the new one, never half of one."""
+"""Atomic file writes: readers (and a resumed job after a kill) see the old file or the new one, never half of one.
+
+And :func:`read_text`: UTF-8 text whose decoding errors name the file and line.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +44,19 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], *, durable: bo
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
     return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of ``path``.
+
+    Raises:
+        ValueError: a byte that is not UTF-8 (the message names the file, line and byte).
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: byte {data[error.start]:#04x} is not UTF-8 ({error.reason}); expected UTF-8 text"
+        ) from error

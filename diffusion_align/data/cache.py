@@ -14,21 +14,24 @@ Layout of ``out_dir``::
     shard-00000.safetensors     latent_mean / latent_std [n, O, K, ...], prompt_embeds.<name> [n, ...],
                                 meta.<name> [n, ...], index [n]; metadata "prompts": JSON list of n captions
 
-Every file is written to a temporary name and renamed, so a killed build leaves only whole files and the next
-``build_cache`` call resumes at the first missing shard. A cache built from other data (files, sizes, mtimes),
-another resolution, transform or encoder raises :class:`StaleCacheError` naming what differs.
+Every file is written to a temporary name, flushed to disk and renamed (:func:`diffusion_align.io.write_atomic`,
+``durable=True``), so a killed build or a machine crash leaves only whole files. The next ``build_cache`` call
+deletes the temporaries a killed build left, checks the header of every shard already written (a truncated or
+damaged one is re-encoded, with a warning) and resumes at the first missing shard. A cache built from other data
+(files, sizes, mtimes), another resolution, transform or encoder raises :class:`StaleCacheError` naming what
+differs; a damaged file met while reading raises :class:`CorruptCacheError` naming it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -36,10 +39,16 @@ from torch.utils.data import DataLoader, Dataset
 from diffusion_align.data.datasets import PreferenceDataset
 from diffusion_align.data.transforms import SamplingSettings
 from diffusion_align.data.unpaired import UnpairedDataset
+from diffusion_align.io import write_atomic
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
+SHARD_KEYS = ("latent_mean", "latent_std", "index")  # tensors every shard holds (besides prompt_embeds.*, meta.*)
+MANIFEST_KEYS = ("format", "encoder_id", "content", "sampling", "batch_size", "num_items", "complete")
+REBUILD = "delete it (or the whole cache directory) and run build_cache again to rebuild it"
 
 EncodePosterior = Callable[[Tensor], tuple[Tensor, Tensor]]
 EncodePrompts = Callable[[list[str]], dict[str, Tensor]]
@@ -49,29 +58,80 @@ class StaleCacheError(RuntimeError):
     """The cache on disk was built from other data, transforms or encoder than the ones asked for."""
 
 
+class CorruptCacheError(StaleCacheError):
+    """A file of the cache on disk is truncated, empty or not what ``build_cache`` writes (its message names it)."""
+
+
 def shard_path(out_dir: Path, shard: int) -> Path:
     return out_dir / f"shard-{shard:05d}.safetensors"
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _save_atomically(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    temporary = _temporary(path)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda temporary: save_file(contiguous, str(temporary), metadata=metadata), durable=True)
 
 
 def _write_json_atomically(obj: dict, path: Path) -> None:
-    temporary = _temporary(path)
-    temporary.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(temporary, path)
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), durable=True)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the temporaries a killed build left (``.<file>.<host>.<pid>.tmp``; older builds: ``.<file>.tmp-<pid>``)."""
+    for pattern in (".shard-*.safetensors.*", f".{EMPTY_PROMPT}.*", f".{MANIFEST}.*"):
+        for temporary in out.glob(pattern):
+            if temporary.name.endswith(".tmp") or ".tmp-" in temporary.name:
+                temporary.unlink(missing_ok=True)
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
+    """The cache's manifest, or ``None`` when there is none.
+
+    Raises:
+        CorruptCacheError: ``manifest.json`` is not a JSON object with every key ``build_cache`` writes.
+    """
     path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(path, f"not valid JSON ({exc})") from exc
+    missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else MANIFEST_KEYS
+    if missing:
+        raise _corrupt(path, f"expected a JSON object with the keys {list(MANIFEST_KEYS)}, missing {list(missing)}")
+    return manifest
+
+
+def _damage(path: Path, num_items: int | None = None) -> str | None:
+    """What is wrong with the safetensors file at ``path`` (``None``: nothing found). Reads the header only.
+
+    Args:
+        num_items: for a shard, the items it must hold (its tensors, item count and captions are checked too).
+    """
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        return f"not a readable safetensors file ({exc})"
+    if num_items is None:
+        return None
+    missing = [key for key in SHARD_KEYS if key not in handle.keys()]
+    if missing:
+        return f"no tensor(s) {missing}"
+    rows = handle.get_slice("index").get_shape()[0]
+    try:
+        prompts = json.loads((handle.metadata() or {})["prompts"])
+    except (KeyError, json.JSONDecodeError):
+        prompts = None
+    if not isinstance(prompts, list):
+        return "no 'prompts' metadata holding a JSON list of captions"
+    if rows != num_items or len(prompts) != num_items:
+        return f"{rows} items and {len(prompts)} prompts, expected {num_items}"
+    return None
+
+
+def _corrupt(path: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(f"latent cache file {path}: {problem}; {REBUILD}")
 
 
 def differences(cached: object, current: object, key: str = "") -> list[str]:
@@ -198,6 +258,7 @@ def build_cache(
 
     Raises:
         StaleCacheError: ``out_dir`` holds a cache of other data, transforms or encoder.
+        CorruptCacheError: its ``manifest.json`` is corrupt (damaged shards are encoded again, with a warning).
         ValueError: resuming with another ``batch_size``, or encoder outputs of inconsistent shapes.
     """
     if isinstance(dataset, UnpairedDataset):  # a view: cache the pairs it shows
@@ -210,20 +271,25 @@ def build_cache(
             encoder_id=encoder_id,
             num_workers=num_workers,
         )
-        return UnpairedDataset(pairs)
+        return dataset.over(pairs)
     if not isinstance(dataset, PreferenceDataset):
         raise TypeError(f"build_cache: expected a PreferenceDataset, got {type(dataset).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _start_or_resume(out, dataset, _identity(dataset, encoder_id), batch_size)
     if not manifest["complete"]:
-        shards = [s for s in range(math.ceil(len(dataset) / batch_size)) if not shard_path(out, s).exists()]
+        _remove_temporaries(out)
+        shards = [
+            s
+            for s in range(math.ceil(len(dataset) / batch_size))
+            if not _reusable(shard_path(out, s), min(batch_size, len(dataset) - s * batch_size))
+        ]
         batches = [list(range(s * batch_size, min(len(dataset), (s + 1) * batch_size))) for s in shards]
         loader = DataLoader(
             _CacheSources(dataset), batch_sampler=batches, num_workers=num_workers, collate_fn=list
         )
         with torch.no_grad():
-            if not (out / EMPTY_PROMPT).exists():
+            if not _reusable(out / EMPTY_PROMPT):
                 empty = {f"prompt_embeds.{k}": v.detach().cpu() for k, v in encode_prompts([""]).items()}
                 _save_atomically(empty, out / EMPTY_PROMPT)
             for shard, entries in zip(shards, loader):
@@ -234,6 +300,16 @@ def build_cache(
                 _save_atomically(tensors, shard_path(out, shard), metadata={"prompts": prompts})
         _write_json_atomically({**manifest, "complete": True}, out / MANIFEST)
     return CachedPreferenceDataset(out, source=dataset, encoder_id=encoder_id)
+
+
+def _reusable(path: Path, num_items: int | None = None) -> bool:
+    """Whether a resumed build can keep the file at ``path`` (a damaged one is logged, then encoded again)."""
+    if not path.exists():
+        return False
+    problem = _damage(path, num_items)
+    if problem is not None:
+        log.warning("latent cache file %s: %s; encoding it again", path, problem)
+    return problem is None
 
 
 class CachedPreferenceDataset(Dataset):
@@ -249,6 +325,10 @@ class CachedPreferenceDataset(Dataset):
             default the settings recorded at build time are used and the recorded data files that still exist
             must be unchanged (the cache is self-contained: the files may be deleted).
         encoder_id: when given, must equal the one the cache was built with.
+
+    Raises:
+        CorruptCacheError: the manifest, the empty prompt's file or (when first read) a shard is truncated or
+            damaged; the message names the file.
     """
 
     def __init__(
@@ -275,7 +355,10 @@ class CachedPreferenceDataset(Dataset):
             raise _stale(self.out_dir, found)
         self.sampling = source.sampling if source is not None else SamplingSettings(**manifest["sampling"])
         self.manifest = manifest
-        empty = load_file(str(self.out_dir / EMPTY_PROMPT))
+        empty_path = self.out_dir / EMPTY_PROMPT
+        if (problem := _damage(empty_path)) is not None:
+            raise _corrupt(empty_path, problem)
+        empty = load_file(str(empty_path))
         self.empty_prompt_embeds = {k.removeprefix("prompt_embeds."): v[0] for k, v in empty.items()}
         self.epoch = 0
         self._handles: dict[int, tuple[object, list[str]]] = {}
@@ -301,8 +384,13 @@ class CachedPreferenceDataset(Dataset):
         self.epoch = epoch
 
     def _shard(self, shard: int) -> tuple[object, list[str]]:
+        """The open shard and its captions (a damaged shard: :class:`CorruptCacheError` naming it)."""
         if shard not in self._handles:
-            handle = safe_open(str(shard_path(self.out_dir, shard)), framework="pt")
+            path = shard_path(self.out_dir, shard)
+            batch_size, num_items = self.manifest["batch_size"], self.manifest["num_items"]
+            if (problem := _damage(path, min(batch_size, num_items - shard * batch_size))) is not None:
+                raise _corrupt(path, problem)
+            handle = safe_open(str(path), framework="pt")
             self._handles[shard] = (handle, json.loads(handle.metadata()["prompts"]))
         return self._handles[shard]
 

@@ -12,7 +12,8 @@ Augmentation and prompt dropout are fixed by ``(seed, epoch, index)``: call :met
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +36,17 @@ from diffusion_align.data.formats import (
     check_text,
     decode_image,
 )
-from diffusion_align.data.parquet import ParquetRows, resolve_paths
+from diffusion_align.data.parquet import ParquetRows
 from diffusion_align.data.transforms import PreferenceTransform, SamplingSettings, item_rng
 from diffusion_align.losses.ties import resolve_ties
 
 BAD_ROW_MODES = ("error", "skip")
+
+
+def check_max_rows(max_rows: int | None) -> None:
+    """``max_rows`` is ``None`` (all items) or a non-negative count (a negative one would silently keep nothing)."""
+    if max_rows is not None and max_rows < 0:
+        raise ValueError(f"max_rows {max_rows}: expected None (all items) or a non-negative number of items")
 
 
 @dataclass
@@ -169,6 +176,7 @@ class PairwiseParquetDataset(PreferenceDataset):
     """
 
     media_columns: tuple[str, str] = ("jpg_0", "jpg_1")
+    uid_columns: tuple[str, str] = ("image_0_uid", "image_1_uid")  # Pick-a-Pic's image identities
     required_columns: dict[str, str] = PAIRWISE_COLUMNS
 
     def __init__(
@@ -188,6 +196,7 @@ class PairwiseParquetDataset(PreferenceDataset):
         check_images: bool = False,
         row_group_cache: int = 4,
     ) -> None:
+        check_max_rows(max_rows)
         sampling = SamplingSettings(seed, hflip, same_flip_for_pair, proportion_empty_prompts)
         super().__init__(ParquetRows(paths, row_group_cache), resolution, random_crop, sampling, on_bad_row)
         # validate the policy and the smoothing up front, not at the first file
@@ -218,6 +227,58 @@ class PairwiseParquetDataset(PreferenceDataset):
         """The file and row (in that file) an item comes from."""
         return self.files.paths[int(self._file[index])], int(self._row[index])
 
+    def item_labels(self) -> np.ndarray:
+        """``[N]`` float32: every item's label (1 = its first candidate preferred, 0.5 = a tie kept by ``half``)."""
+        return self._label.copy()
+
+    def image_keys(self) -> np.ndarray:
+        """``[N, 2]`` identities (str) of every item's two candidates, in item order (winner first).
+
+        Pick-a-Pic's ``image_0_uid``/``image_1_uid`` (``"uid:<value>"``) when every file has both columns; else the
+        SHA-256 of each cell's encoded bytes (``"sha256:<hex>"``), which reads every image once.
+
+        Raises:
+            DataFormatError: a uid column is mistyped, a uid is null, or (hashing) a cell is null or empty.
+        """
+        by_uid = all(
+            set(self.uid_columns) <= set(self.files.schema(i).names) for i in range(len(self.files.paths))
+        )
+        keys = np.empty((len(self), 2), dtype=object)
+        for file_index in range(len(self.files.paths)):
+            positions = {int(self._row[i]): i for i in np.flatnonzero(self._file == file_index)}
+            if positions:
+                file_keys = self._uid_keys if by_uid else self._hashed_keys
+                for row, pair in file_keys(file_index, positions).items():
+                    keys[positions[row]] = pair
+        keys[self._swap] = keys[self._swap][:, ::-1]
+        return keys
+
+    def _uid_keys(self, file_index: int, rows: Collection[int]) -> dict[int, tuple[str, str]]:
+        path = self.files.paths[file_index]
+        check_columns(path, self.files.schema(file_index), {}, {name: "id" for name in self.uid_columns})
+        columns = self.files.read_columns(file_index, self.uid_columns)
+        keys = {}
+        for row in rows:
+            for name in self.uid_columns:
+                if columns[name][row] is None:
+                    raise DataFormatError(
+                        path, "expected an image uid, got null", row=row, field=name, reason=f"{name}: null"
+                    )
+            keys[row] = tuple(f"uid:{columns[name][row]}" for name in self.uid_columns)
+        return keys
+
+    def _hashed_keys(self, file_index: int, rows: Collection[int]) -> dict[int, tuple[str, str]]:
+        path, keys = self.files.paths[file_index], {}
+        for first, columns in self.files.iter_row_groups(file_index, self.media_columns, rows):
+            for offset in range(len(columns[self.media_columns[0]])):
+                row = first + offset
+                if row in rows:
+                    keys[row] = tuple(
+                        "sha256:" + hashlib.sha256(cell_bytes(columns[n][offset], path, row, n)).hexdigest()
+                        for n in self.media_columns
+                    )
+        return keys
+
     # ---- scanning: small columns only --------------------------------------------------------------------------
     def optional_columns(self) -> dict[str, str]:
         return {"label_1": "number"}
@@ -232,6 +293,12 @@ class PairwiseParquetDataset(PreferenceDataset):
         scores = [check_finite(values[name], path, row, name) for name in self.score_columns]
         return {"prompt": prompt, "label_0": label_0, "scores": scores}
 
+    def check_schema(
+        self, path: Path, schema: pa.Schema, required: dict[str, str], optional: dict[str, str]
+    ) -> None:
+        """Raise :class:`DataFormatError` if one file's columns are missing or mistyped (see :func:`check_columns`)."""
+        check_columns(path, schema, required, optional)
+
     def _scan(self) -> None:
         records: list[dict] = []
         for file_index in range(len(self.files.paths)):
@@ -245,7 +312,7 @@ class PairwiseParquetDataset(PreferenceDataset):
         path, schema = self.files.paths[file_index], self.files.schema(file_index)
         optional = self.optional_columns()
         required = {**self.required_columns, **{name: "number" for name in self.score_columns}}
-        check_columns(path, schema, required, optional)
+        self.check_schema(path, schema, required, optional)
         names = [n for n in required if n not in self.media_columns]
         names += [n for n in optional if n in schema.names]
         columns = self.files.read_columns(file_index, names)
@@ -333,32 +400,77 @@ class PairwiseParquetDataset(PreferenceDataset):
         return RawItem(self._prompts[index].as_py(), candidates, meta)
 
 
+# how ``datasets`` must read the Pick-a-Pic columns for the official DPO scripts (``datasets.Value`` dtypes)
+PICKAPIC_FEATURES = {
+    "caption": ("string", "large_string"),
+    "jpg_0": ("binary", "large_binary"),
+    "jpg_1": ("binary", "large_binary"),
+    "label_0": ("float64", "float32"),
+}
+
+
 def load_pickapic_compatible(paths: str | Path | Sequence[str | Path], cache_dir: str | Path | None = None):
     """Read pairwise files with ``datasets.load_dataset("parquet", ...)``, as the official DPO scripts would.
 
+    Every file is checked first, since ``datasets`` merges files silently (a column one file lacks becomes nulls, a
+    column of another type is cast): its columns as ``datasets`` reads them (``caption``, ``jpg_0``, ``jpg_1`` and
+    ``label_0`` as string, binary, binary and float features; the same columns and types as the first file) and
+    every row's labels (``label_0`` in {0, 0.5, 1}; ``label_1``, if present, ``1 - label_0``).
+
     Returns:
-        the ``datasets.Dataset`` (split ``train``), after checking that ``caption``, ``jpg_0``, ``jpg_1`` and
-        ``label_0`` came back as string, binary, binary and float features.
+        the ``datasets.Dataset`` (split ``train``).
 
     Raises:
-        DataFormatError: a column is missing or was read with another type.
+        DataFormatError: naming the file (and the row, for a bad label): a column is missing, has another type
+            than expected or than in the first file, or a label is not 0, 0.5 or 1.
     """
     import datasets
 
-    files = [str(p) for p in resolve_paths(paths)]
-    loaded = datasets.load_dataset(
-        "parquet", data_files=files, split="train", cache_dir=cache_dir and str(cache_dir)
+    files = ParquetRows(paths)
+    features = [_check_pickapic_file(files, file_index) for file_index in range(len(files.paths))]
+    first = features[0] if features else {}
+    for path, found in zip(files.paths[1:], features[1:]):
+        differing = [n for n in sorted(set(found) | set(first)) if found.get(n) != first.get(n)]
+        if differing:
+            detail = ", ".join(
+                f"'{n}' {_feature_words(found.get(n))} here, {_feature_words(first.get(n))} there"
+                for n in differing
+            )
+            raise DataFormatError(
+                path,
+                f"columns differ from the first file {files.paths[0]}: {detail}; expected the same columns and "
+                "types in every file (datasets would fill a column missing here with nulls, cast one of another type)",
+                reason="columns differ from the first file",
+            )
+    return datasets.load_dataset(
+        "parquet",
+        data_files=[str(p) for p in files.paths],
+        split="train",
+        cache_dir=cache_dir and str(cache_dir),
     )
-    expected = {
-        "caption": ("string", "large_string"),
-        "jpg_0": ("binary", "large_binary"),
-        "jpg_1": ("binary", "large_binary"),
-        "label_0": ("float64", "float32"),
-    }
-    for name, dtypes in expected.items():
-        feature = loaded.features.get(name)
+
+
+def _feature_words(feature) -> str:
+    return "absent" if feature is None else repr(feature)
+
+
+def _check_pickapic_file(files: ParquetRows, file_index: int):
+    """One file's Pick-a-Pic columns as ``datasets`` reads them, and its labels; returns its ``datasets.Features``."""
+    import datasets
+
+    path, schema = files.paths[file_index], files.schema(file_index)
+    check_columns(path, schema, PAIRWISE_COLUMNS, {"label_1": "number"})
+    features = datasets.Features.from_arrow_schema(schema)
+    for name, dtypes in PICKAPIC_FEATURES.items():
+        feature = features[name]
         if not isinstance(feature, datasets.Value) or feature.dtype not in dtypes:
             raise DataFormatError(
-                files[0], f"datasets read {feature!r}, expected Value({' or '.join(dtypes)})", field=name
+                path, f"datasets reads {feature!r}, expected Value({' or '.join(dtypes)})", field=name
             )
-    return loaded
+    names = ["label_0", "label_1"] if "label_1" in schema.names else ["label_0"]
+    labels = files.read_columns(file_index, names)
+    for row, value in enumerate(labels["label_0"]):
+        label_0 = check_label(value, path, row)
+        if "label_1" in labels:
+            check_label_1(label_0, labels["label_1"][row], path, row)
+    return features

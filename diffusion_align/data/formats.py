@@ -82,8 +82,8 @@ _KINDS = {
         "a string column",
     ),
     "bytes": (
-        lambda t: pat.is_binary(t) or pat.is_large_binary(t) or pat.is_binary_view(t) or _is_image_struct(t),
-        "a binary column (or struct<bytes, path>)",
+        lambda t: _is_binary(t) or _is_image_struct(t),
+        "a binary column (or struct<bytes: binary, path: string>)",
     ),
     "number": (lambda t: pat.is_floating(t) or pat.is_integer(t), "a float or integer column"),
     "integer": (pat.is_integer, "an integer column"),
@@ -112,8 +112,18 @@ RANKED_COLUMNS = {
 VIDEO_PAIR_COLUMNS = {"caption": "string", "video_0": "bytes", "video_1": "bytes", "label_0": "number"}
 
 
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return pat.is_binary(arrow_type) or pat.is_large_binary(arrow_type) or pat.is_binary_view(arrow_type)
+
+
 def _is_image_struct(arrow_type: pa.DataType) -> bool:
-    return pat.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
+    """``struct<bytes: binary, ...>`` (large_binary too), the layout ``datasets.Image`` writes; ``bytes`` as a
+    string is refused (its cells are text, not encoded images)."""
+    return (
+        pat.is_struct(arrow_type)
+        and arrow_type.get_field_index("bytes") >= 0
+        and _is_binary(arrow_type.field("bytes").type)
+    )
 
 
 class DataFormatError(ValueError):

@@ -33,6 +33,9 @@ PARQUET_READ_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
 def resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """Expand a glob, a directory (its ``*.parquet``), a file, or a list of those into a sorted list of files.
 
+    A file reached twice (``[dir, dir/train-00000.parquet]``, two overlapping globs) is listed once, where it first
+    appears: its rows are read once.
+
     Raises:
         FileNotFoundError: a pattern matches nothing, or a named file does not exist.
     """
@@ -55,7 +58,10 @@ def resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
             files.append(Path(text))
         else:
             raise FileNotFoundError(f"dataset file '{entry}' does not exist")
-    return files
+    unique: dict[Path, Path] = {}  # resolved path -> the spelling it first appeared with
+    for file in files:
+        unique.setdefault(file.resolve(), file)
+    return list(unique.values())
 
 
 def file_fingerprint(path: Path) -> dict:

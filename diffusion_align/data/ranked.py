@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from diffusion_align.data.datasets import PreferenceDataset, RawItem
+from diffusion_align.data.datasets import PreferenceDataset, RawItem, check_max_rows
 from diffusion_align.data.formats import (
     RANKED_COLUMNS,
     DataFormatError,
@@ -34,7 +34,8 @@ class RankedParquetDataset(PreferenceDataset):
         resolution: square training size in pixels.
         k: candidates per item: the ``k`` best of each group (groups with fewer rows are bad). ``None``: all of
             them, and every group must have the same size.
-        score_column: the column returned as ``scores`` ``[K]`` (``score``: the ensemble; or a ``score_<reward>``).
+        score_column: the column returned as ``scores`` ``[K]``: ``score`` (the ensemble) or a ``score_<reward>``
+            (one reward model's raw scores); any other name is refused.
         random_crop, hflip, same_flip_for_pair, proportion_empty_prompts, seed: as for the pairwise dataset.
         on_bad_row: ``error`` | ``skip`` (a bad row takes its whole group with it; :attr:`bad_rows` counts rows).
         max_rows: keep only the first ``max_rows`` items (prompts).
@@ -58,6 +59,12 @@ class RankedParquetDataset(PreferenceDataset):
         check_images: bool = False,
         row_group_cache: int = 4,
     ) -> None:
+        if score_column != "score" and not score_column.startswith("score_"):
+            raise ValueError(
+                f"score_column '{score_column}': expected 'score' (the ensemble) or a 'score_<reward>' column of "
+                "the ranked table (e.g. 'score_pickscore')"
+            )
+        check_max_rows(max_rows)
         sampling = SamplingSettings(seed, hflip, same_flip_for_pair, proportion_empty_prompts)
         super().__init__(ParquetRows(paths, row_group_cache), resolution, random_crop, sampling, on_bad_row)
         if k is not None and k < 1:

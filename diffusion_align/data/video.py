@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from torch import Tensor
 
 from diffusion_align.data.datasets import PairwiseParquetDataset
@@ -56,6 +57,7 @@ class VideoPairDataset(PairwiseParquetDataset):
     ) -> None:
         self.num_frames = num_frames
         self._num_segments: int | None = None
+        self._first_file_segments: tuple[Path, bool] | None = None  # the first file, and whether it has them
         super().__init__(
             paths,
             resolution,
@@ -77,6 +79,25 @@ class VideoPairDataset(PairwiseParquetDataset):
 
     def optional_columns(self) -> dict[str, str]:
         return {**super().optional_columns(), "segment_label_0": "number_list"}
+
+    def check_schema(
+        self, path: Path, schema: pa.Schema, required: dict[str, str], optional: dict[str, str]
+    ) -> None:
+        """The pairwise checks plus: every file has ``segment_label_0``, or none does."""
+        super().check_schema(path, schema, required, optional)
+        has_segments = "segment_label_0" in schema.names
+        if self._first_file_segments is None:
+            self._first_file_segments = (path, has_segments)
+        first, first_has = self._first_file_segments
+        if has_segments != first_has:
+            found, other = ("has", "lacks") if has_segments else ("lacks", "has")
+            raise DataFormatError(
+                path,
+                f"{found} column 'segment_label_0', which {first} {other}: expected every file of the dataset to "
+                "have per-segment labels, or none",
+                field="segment_label_0",
+                reason="segment_label_0: in some files only",
+            )
 
     def parse_row(self, file_index: int, row: int, values: dict) -> dict:
         """The pairwise checks plus ``segment_label_0``: same number of segments in every row."""

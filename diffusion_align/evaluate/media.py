@@ -34,8 +34,21 @@ def save_sample(pixels: np.ndarray, path: Path) -> int:
 
 
 def load_frames(path: Path, num_frames: int) -> list[Image.Image]:
-    """The frames of a stored sample: ``[image]`` for images, the F frames of a strip for clips."""
-    strip = Image.open(path).convert("RGB")
+    """The frames of a stored sample: ``[image]`` for images, the F frames of a strip for clips.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is truncated or not an image (the message names it).
+    """
+    try:
+        with Image.open(path) as image:
+            strip = image.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError) as error:  # PIL: truncated data, an unidentified format, a damaged PNG chunk
+        raise ValueError(
+            f"{path}: not a readable image ({error}); expected the PNG the evaluation saved (generate it again)"
+        ) from error
     if strip.width % num_frames:
         raise ValueError(f"{path}: width {strip.width} px is not a multiple of num_frames={num_frames}")
     width = strip.width // num_frames

@@ -15,19 +15,27 @@ load_geneval                ``evaluation_metadata.jsonl`` (keys ``prompt``, ``ta
                                                                                         (553)
 ==========================  =========================================================  ==============================
 
-Every loader returns a :class:`PromptSet` and takes ``limit`` / ``subset_seed`` (see :func:`select_prompts`).
+Every loader returns a :class:`PromptSet` and takes ``limit`` / ``subset_seed`` (see :func:`select_prompts`). A file
+that cannot be read as its suffix says (not UTF-8, invalid JSON, a corrupt Parquet file) raises ``ValueError`` naming
+it and, for text, the line; an empty cell (null, or a field missing from a short CSV/TSV row) in the prompt or
+category column raises ``ValueError`` naming the file, row and column: every prompt has a category when categories
+are read.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from diffusion_align.io import read_text
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -99,17 +107,43 @@ def _require_file(path: Path, what: str, source: str) -> Path:
     return path
 
 
+def _load_json(text: str, path: Path, line: int | None = None) -> object:
+    """``json.loads(text)``; invalid JSON raises ``ValueError`` naming ``path`` and the line (``line``: of a .jsonl)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: line {line or error.lineno}, column {error.colno}: not valid JSON ({error.msg})"
+        ) from error
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+
+
 def _table_rows(path: Path) -> list[dict]:
     """Rows of a .csv / .tsv / .jsonl / .parquet file as dicts."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
+            return list(reader)
+        except csv.Error as error:
+            raise ValueError(f"{path}: line {reader.reader.line_num}: {error}; expected a {suffix[1:].upper()} table") from error
     if suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for number, line in enumerate(read_text(path).split("\n"), start=1):
+            if line.strip():
+                row = _load_json(line, path, number)
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
     if suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
+        return _read_parquet(path).to_pylist()
     raise ValueError(f"{path}: expected a .csv, .tsv, .jsonl or .parquet table")
 
 
@@ -117,6 +151,10 @@ def _column(rows: list[dict], column: str, path: Path) -> list:
     for i, row in enumerate(rows):
         if column not in row:
             raise KeyError(f"{path}: row {i} has no column {column!r}; found {sorted(row)}")
+        if row[column] is None:
+            raise ValueError(
+                f"{path}: row {i} column {column!r} is empty (null, or missing from a short row); expected a value"
+            )
     return [row[column] for row in rows]
 
 
@@ -138,9 +176,9 @@ def load_prompt_file(
     _require_file(path, "prompt file", "your own prompt list")
     categories = None
     if path.suffix.lower() == ".txt":
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     elif path.suffix.lower() == ".json":
-        prompts = json.loads(path.read_text(encoding="utf-8"))
+        prompts = _load_json(read_text(path), path)
         if not isinstance(prompts, list):
             raise ValueError(f"prompt file {path}: expected a JSON list of strings, got {type(prompts).__name__}")
     else:
@@ -192,7 +230,7 @@ def load_hpdv2_test(directory: str | Path, limit: int | None = None, subset_seed
             "HPDv2 test prompts",
             "the Hugging Face dataset zhwang/HPDv2, folder benchmark/ (anime, concept-art, paintings, photo .json)",
         )
-        style_prompts = json.loads(path.read_text(encoding="utf-8"))
+        style_prompts = _load_json(read_text(path), path)
         if not isinstance(style_prompts, list):
             raise ValueError(f"{path}: expected a JSON list of prompts, got {type(style_prompts).__name__}")
         prompts += style_prompts
@@ -215,9 +253,13 @@ def load_pickapic_test_unique(
     captions: dict[str, None] = {}
     for shard in shards:
         _require_file(shard, "Pick-a-Pic test_unique", source)
-        if "caption" not in pq.ParquetFile(shard).schema_arrow.names:
+        try:
+            names = pq.read_schema(shard).names
+        except (pa.ArrowException, OSError) as error:
+            raise ValueError(f"{shard}: not a readable Parquet file ({error})") from error
+        if "caption" not in names:
             raise KeyError(f"{shard}: no 'caption' column; is it a Pick-a-Pic shard?")
-        captions.update(dict.fromkeys(pq.read_table(shard, columns=["caption"]).column("caption").to_pylist()))
+        captions.update(dict.fromkeys(_read_parquet(shard, ["caption"]).column("caption").to_pylist()))
     return select_prompts("pickapic_test_unique", list(captions), None, limit, subset_seed)
 
 

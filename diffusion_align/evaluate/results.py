@@ -21,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 
 from diffusion_align.evaluate.stats import StatsSettings, WinRate, mean_interval, win_rate
-from diffusion_align.io import write_atomic
+from diffusion_align.io import read_text, write_atomic
 from reward_models.scoring import write_table_atomic
 
 SCORE_PREFIX = "score/"
 RESULTS_FORMAT = "diffalign-evaluate/1"
+DOCUMENT_KEYS = ("models", "rewards", "settings", "rows")  # besides "format"; all objects but rows (a list)
 KEY_COLUMNS = ["prompt_index", "sample_index"]
 ROW_COLUMNS = ["model", "prompt_index", "sample_index", "prompt", "category", "seed", "image", "num_frames"]
 
@@ -166,15 +167,43 @@ def _relative(path: Path, directory: Path) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
 
+def _read_document(json_path: Path) -> dict:
+    """The parsed ``results.json``, checked for the keys and types :meth:`EvaluationResults.save` writes."""
+    expected = "expected the results.json of `diffalign evaluate`"
+    try:
+        document = json.loads(read_text(json_path))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{json_path}: line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); {expected}"
+        ) from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{json_path}: a JSON {type(document).__name__}; {expected} (a JSON object)")
+    if document.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{json_path}: format {document.get('format')!r}; expected {RESULTS_FORMAT!r}")
+    for key in DOCUMENT_KEYS:
+        wanted = list if key == "rows" else dict
+        if not isinstance(document.get(key), wanted):
+            found = "missing" if key not in document else f"a JSON {type(document[key]).__name__}"
+            raise ValueError(f"{json_path}: key {key!r} is {found}; expected a JSON {wanted.__name__} ({expected})")
+    for i, row in enumerate(document["rows"]):
+        missing = [column for column in ROW_COLUMNS if column not in row] if isinstance(row, dict) else ROW_COLUMNS
+        if missing:
+            raise ValueError(f"{json_path}: rows[{i}]: expected an object with the columns {ROW_COLUMNS}, missing {missing}")
+    return document
+
+
 def load_results(path: str | Path) -> EvaluationResults:
-    """Results written by :meth:`EvaluationResults.save` (``diffalign evaluate``): a folder or its ``results.json``."""
+    """Results written by :meth:`EvaluationResults.save` (``diffalign evaluate``): a folder or its ``results.json``.
+
+    Raises:
+        FileNotFoundError: no results file.
+        ValueError: the file is not UTF-8 JSON, or lacks a key or row column ``save`` writes (named in the message).
+    """
     path = Path(path).expanduser()
     json_path = path / "results.json" if path.is_dir() else path
     if not json_path.is_file():
         raise FileNotFoundError(f"{json_path}: no results file (expected the results.json of `diffalign evaluate`)")
-    document = json.loads(json_path.read_text(encoding="utf-8"))
-    if document.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{json_path}: format {document.get('format')!r}; expected {RESULTS_FORMAT!r}")
+    document = _read_document(json_path)
     table = pd.DataFrame(document["rows"])
     table["image"] = [str((json_path.parent / image).resolve()) for image in table["image"]]
     return EvaluationResults(table, document["models"], document["rewards"], document["settings"])

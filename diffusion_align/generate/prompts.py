@@ -9,15 +9,21 @@ Sources, by what ``source`` names:
 * ``*.csv`` / ``*.parquet``: the column ``column`` (every value a non-empty string).
 
 Prompts keep the source's order: a prompt's position in the list is its ``prompt_index`` (it seeds the images).
+A file that cannot be read as its suffix says (not UTF-8 text, a malformed CSV, a corrupt Parquet file) raises
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from diffusion_align.io import read_text
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -46,23 +52,33 @@ NAMED_PROMPT_SETS: dict[str, Callable[[], list[str]]] = {
 
 def read_text_prompts(path: Path) -> list[str]:
     """Non-blank lines of a UTF-8 text file, stripped."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def _read_csv_column(path: Path, column: str) -> list:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        names = reader.fieldnames or []
+        if column not in names:
+            raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
+        return [row[column] for row in reader]
+    except csv.Error as error:
+        raise ValueError(f"{path}: line {reader.reader.line_num}: {error}; expected a CSV file with a header row") from error
+
+
+def _read_parquet_column(path: Path, column: str) -> list:
+    try:
+        names = pq.read_schema(path).names
+        if column not in names:
+            raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
+        return pq.read_table(path, columns=[column]).column(column).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
 
 
 def read_column_prompts(path: Path, column: str) -> list[str]:
     """Column ``column`` of a CSV (header row) or Parquet file; every value must be a non-empty string."""
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            names = reader.fieldnames or []
-            if column not in names:
-                raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
-            values = [row[column] for row in reader]
-    else:
-        names = pq.read_schema(path).names
-        if column not in names:
-            raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    values = _read_csv_column(path, column) if path.suffix == ".csv" else _read_parquet_column(path, column)
     for row, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{path}: row {row} column '{column}': expected a non-empty string, got {value!r}")

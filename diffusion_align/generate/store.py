@@ -10,14 +10,19 @@
 
 The unit of work is a shard: a contiguous range of prompts. Each Parquet file is written under a hidden temporary
 name (``.shard-00000.parquet.<host>.<pid>.tmp``, which no ``*.parquet`` glob matches) and renamed into place; the
-marker is renamed into place last. A shard is complete when its marker exists: a killed run leaves at most an
-incomplete shard, redone (deterministically, to the same rows) by the next run. Shards go to workers by
-``shard index % worker count``, so any number of processes or array jobs share one ``out_dir`` without locks.
+marker is renamed into place last. Every file is flushed to disk before its rename or link. A shard is complete
+when its marker holds a JSON object with the keys :meth:`ShardStore.write` writes: a killed run leaves at most an
+incomplete shard, redone (deterministically, to the same rows) by the next run. A damaged marker (a crash or a disk
+error) counts as no marker: the shard is redone, with a warning naming the file, rather than stopping the run or
+trusting its statistics. A damaged ``manifest.json`` raises :class:`ManifestMismatchError` naming it. Shards go to
+workers by ``shard index % worker count``, so any number of processes or array jobs share one ``out_dir`` without
+locks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,13 +34,16 @@ import pyarrow.parquet as pq
 
 from diffusion_align.io import temporary_path, write_atomic
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 MARKERS = "shards"
 FORMAT = "diffusion-align-generate/1"
+MARKER_KEYS = ("shard", "prompts", "rows", "stats", "worker")
 
 
 class ManifestMismatchError(ValueError):
-    """``out_dir`` holds a dataset generated with another configuration."""
+    """``out_dir`` holds a dataset generated with another configuration, or a manifest that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -113,24 +121,43 @@ class ShardStore:
     def open(self, config: dict, shards: list[Shard]) -> None:
         """Create the manifest, or check that the existing one records the same ``config``.
 
-        Creation is atomic (a hard link of a complete temporary file): of several workers starting at once, one
-        writes it and the others compare against it.
+        Creation is atomic (a hard link of a complete temporary file, flushed to disk first): of several workers
+        starting at once, one writes it and the others compare against it.
 
         Raises:
-            ManifestMismatchError: the manifest records another configuration (each differing key is named).
+            ManifestMismatchError: the manifest records another configuration (each differing key is named), or is
+                not a JSON object (corrupt).
         """
         config = json.loads(json.dumps(config))  # tuples -> lists, as the manifest stores them
         manifest = {"format": FORMAT, "config": config, "tables": list(self.tables),
                     "shards": [[s.start, s.stop] for s in shards]}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         temporary = temporary_path(self.manifest_path)
-        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         try:
+            with temporary.open("w", encoding="utf-8") as handle:
+                handle.write(json.dumps(manifest, indent=2, sort_keys=True))
+                handle.flush()
+                os.fsync(handle.fileno())
             os.link(temporary, self.manifest_path)
         except FileExistsError:
-            self._check(json.loads(self.manifest_path.read_text()), manifest)
+            self._check(self._read_manifest(), manifest)
         finally:
             temporary.unlink(missing_ok=True)
+
+    def _read_manifest(self) -> dict:
+        try:
+            found = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            found, problem = None, f"not valid JSON ({exc})"
+        else:
+            problem = f"a JSON {type(found).__name__}"
+        if not isinstance(found, dict):
+            raise ManifestMismatchError(
+                f"{self.manifest_path}: {problem}; expected the JSON object a generate run writes. If you are "
+                "resuming with the same configuration, delete it and run again (complete shards are kept); "
+                "otherwise use a new out_dir"
+            )
+        return found
 
     def _check(self, found: dict, wanted: dict) -> None:
         if found.get("format") != FORMAT:
@@ -151,8 +178,25 @@ class ShardStore:
     def marker_path(self, shard: Shard) -> Path:
         return self.out_dir / MARKERS / f"{shard.name}.json"
 
+    def read_marker(self, shard: Shard) -> dict | None:
+        """The marker of ``shard``; ``None`` when there is none or it is damaged (logged: the shard is redone)."""
+        path = self.marker_path(shard)
+        if not path.is_file():
+            return None
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            marker, problem = None, f"not valid JSON ({exc})"
+        else:
+            problem = f"expected a JSON object with the keys {list(MARKER_KEYS)}"
+        if not isinstance(marker, dict) or any(key not in marker for key in MARKER_KEYS):
+            log.warning("completion marker %s is damaged (%s): %s counts as incomplete; the run of the worker "
+                        "that owns it generates it again", path, problem, shard.name)
+            return None
+        return marker
+
     def is_complete(self, shard: Shard) -> bool:
-        return self.marker_path(shard).is_file()
+        return self.read_marker(shard) is not None
 
     def remove_stale(self, shard: Shard) -> None:
         """Delete temporaries a killed run left for ``shard`` (its owner is the only writer of its files)."""
@@ -178,7 +222,7 @@ class ShardStore:
         write_json(self.marker_path(shard), payload)
 
     def markers(self, shards: list[Shard]) -> Iterator[dict]:
-        """The markers of the complete shards, in shard order."""
+        """The markers of the complete shards, in shard order (a damaged marker's shard is not complete)."""
         for shard in shards:
-            if self.is_complete(shard):
-                yield json.loads(self.marker_path(shard).read_text())
+            if (marker := self.read_marker(shard)) is not None:
+                yield marker

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from diffusion_align.data import (
     build_cache,
     collate_preference,
 )
+from diffusion_align.data.cache import CorruptCacheError
 from diffusion_align.testing.data import write_tiny_pairwise_parquet
 
 
@@ -187,6 +190,66 @@ def test_killed_build_resumes_where_it_stopped(pairs, tmp_path):
     assert calls == []  # complete: nothing re-encoded
 
 
+def test_truncated_shard_and_leftover_temporaries_are_rebuilt_on_resume(pairs, tmp_path, caplog):
+    """A shard cut short under its final name (a crash before files were flushed) is re-encoded, not trusted."""
+    source, calls, die_after = _dataset(pairs), [], [8]
+
+    def dying_posterior(pixels):
+        if len(calls) == die_after[0]:
+            raise RuntimeError("killed")
+        calls.append(len(pixels))
+        return fake_posterior(pixels)
+
+    out = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(source, dying_posterior, fake_prompts, out, batch_size=2, encoder_id="fake")
+    shard = out / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    leftovers = [out / ".shard-00002.safetensors.otherhost.123.tmp", out / ".manifest.json.tmp-99"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half")
+    calls.clear()
+    die_after[0] = None
+    logging.getLogger("diffusion_align.data.cache").disabled = False  # an earlier hydra run may have disabled it
+    with caplog.at_level(logging.WARNING, logger="diffusion_align.data.cache"):
+        resumed = build_cache(source, dying_posterior, fake_prompts, out, batch_size=2, encoder_id="fake")
+    assert f"{shard}: not a readable safetensors file" in caplog.text and "encoding it again" in caplog.text
+    assert sum(calls) == 7 * 2 * 2  # items 2 .. 8 (shards 1 .. 4) x 2 orientations x 2 candidates
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert_matches_on_the_fly(source, resumed, epochs=1)
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage, not a header", "truncated"])
+def test_damaged_cache_files_are_named_when_read(pairs, tmp_path, damage):
+    out = tmp_path / "cache"
+    build_cache(_dataset(pairs), fake_posterior, fake_prompts, out, batch_size=4, encoder_id="fake")
+    for name in ("shard-00001.safetensors", "empty_prompt.safetensors"):
+        path = out / name
+        original = path.read_bytes()
+        path.write_bytes(original[:-7] if damage == "truncated" else damage)
+        with pytest.raises(CorruptCacheError, match=re.escape(f"latent cache file {path}: not a readable")) as error:
+            CachedPreferenceDataset(out)[5]  # shard 1
+        assert "delete it (or the whole cache directory) and run build_cache again" in str(error.value)
+        path.write_bytes(original)
+    assert CachedPreferenceDataset(out)[5]["index"] == 5  # restored: reads again
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", "not valid JSON"), ('{"complete": tr', "not valid JSON"), ("{}", r"missing \['format'"),
+     ("[1]", "expected a JSON object")],
+)
+def test_corrupt_manifest_is_named(pairs, tmp_path, text, expected):
+    out = tmp_path / "cache"
+    build_cache(_dataset(pairs), fake_posterior, fake_prompts, out, batch_size=4, encoder_id="fake")
+    (out / "manifest.json").write_text(text)
+    message = re.escape(f"latent cache file {out / 'manifest.json'}: ") + f".*{expected}.*run build_cache again"
+    with pytest.raises(CorruptCacheError, match=message):
+        CachedPreferenceDataset(out)
+    with pytest.raises(StaleCacheError, match=message):  # CorruptCacheError is a StaleCacheError
+        build_cache(_dataset(pairs), fake_posterior, fake_prompts, out, batch_size=4, encoder_id="fake")
+
+
 def test_cache_refuses_random_crops_and_other_datasets(pairs, tmp_path):
     with pytest.raises(ValueError, match="random_crop=True cannot be cached"):
         build_cache(
@@ -227,7 +290,7 @@ def test_no_hflip_stores_one_orientation_and_workers_build_and_read_shards(pairs
     assert_matches_on_the_fly(source, cached, epochs=1)
     loader = DataLoader(cached, batch_size=4, num_workers=2, collate_fn=collate_preference)
     assert torch.cat([b.index for b in loader]).tolist() == list(range(9))
-    unpaired = UnpairedDataset(cached)
+    unpaired = UnpairedDataset(cached, labelling="per_pair")
     assert unpaired[3]["latent_mean"].shape == (1, 3, 4, 4) and unpaired[3]["desirable"].tolist() == [False]
     assert torch.equal(unpaired[3]["latent_std"][0], cached[1]["latent_std"][1])
 

@@ -217,6 +217,49 @@ def test_datasets_library_reads_our_files(tiny_pairs, tmp_path):
     assert sorted(set(loaded["label_0"])) == [0.0, 0.5, 1.0]
 
 
+def test_pickapic_compatible_checks_every_file_and_names_the_bad_one(tmp_path):
+    """``datasets`` would merge a later file's missing or mistyped ``label_0`` silently, and never checks values."""
+    good = [pairwise_row("a", 1.0), pairwise_row("b", 0.0)]
+    cases = {
+        "missing": (
+            [{k: v for k, v in row.items() if k != "label_0"} for row in good],
+            r"missing column 'label_0'",
+        ),
+        "strings": (
+            [{**row, "label_0": str(row["label_0"])} for row in good],
+            r"field 'label_0': expected a float or integer column, got string",
+        ),
+        "integers": (
+            [{**row, "label_0": int(row["label_0"])} for row in good],
+            r"field 'label_0': datasets reads Value\('int64'\), expected Value\(float64 or float32\)",
+        ),
+        "no_label_1": (
+            [{k: v for k, v in row.items() if k != "label_1"} for row in good],
+            r"columns differ from the first file .*a-0.parquet: 'label_1' absent here, Value\('float64'\) there; "
+            r"expected the same columns and types in every file",
+        ),
+        "value": (
+            [good[0], pairwise_row("c", 2.0, label_1=-1.0)],
+            r"row 1 field 'label_0': expected 0, 0.5 or 1, got 2.0",
+        ),
+    }
+    for name, (rows, message) in cases.items():
+        write_table(tmp_path / name / "a-0.parquet", good)
+        bad = write_table(tmp_path / name / "a-1.parquet", rows)
+        with pytest.raises(DataFormatError, match=rf"^{bad}( |: ){message}"):
+            load_pickapic_compatible(tmp_path / name, cache_dir=tmp_path / "hf")
+    loaded = load_pickapic_compatible([tmp_path / "value" / "a-0.parquet"] * 2, cache_dir=tmp_path / "hf")
+    assert list(loaded["label_0"]) == [1.0, 0.0]
+
+
+def test_negative_max_rows_is_refused(three_rows):
+    with pytest.raises(
+        ValueError, match=r"max_rows -1: expected None \(all items\) or a non-negative number"
+    ):
+        PairwiseParquetDataset(three_rows, resolution=16, max_rows=-1)
+    assert len(PairwiseParquetDataset(three_rows, resolution=16, max_rows=0)) == 0
+
+
 def test_image_struct_columns_are_read(tmp_path):
     """``datasets.Image`` writes struct<bytes, path> cells; they read like binary cells."""
     rows = [pairwise_row("s", 0.0, (RED, BLUE))]

@@ -107,6 +107,21 @@ def test_published_schemas_pass_their_own_checks():
     check_columns("hf", hf_image_schema, PAIRWISE_COLUMNS, {})
 
 
+def test_image_struct_must_hold_binary_bytes():
+    """A ``struct<bytes: string>`` cell is text, not an encoded image: refused when the schema is checked."""
+    for bytes_type in (pa.binary(), pa.large_binary()):
+        struct = pa.struct([("bytes", bytes_type), ("path", pa.string())])
+        check_columns(FILE, PAIRWISE_SCHEMA.set(1, pa.field("jpg_0", struct)), PAIRWISE_COLUMNS, {})
+    text_struct = pa.struct([("bytes", pa.string()), ("path", pa.string())])
+    with pytest.raises(DataFormatError) as info:
+        check_columns(FILE, PAIRWISE_SCHEMA.set(2, pa.field("jpg_1", text_struct)), PAIRWISE_COLUMNS, {})
+    assert str(info.value) == (
+        "data/train-00000.parquet field 'jpg_1': expected a binary column (or struct<bytes: binary, path: string>), "
+        "got struct<bytes: string, path: string>"
+    )
+    assert info.value.field == "jpg_1" and info.value.row is None
+
+
 def test_cell_bytes_accepts_binary_and_image_structs_rejects_null_and_empty():
     assert cell_bytes(b"abc", FILE, 0, "jpg_0") == b"abc"
     assert cell_bytes({"bytes": b"abc", "path": None}, FILE, 0, "jpg_0") == b"abc"

@@ -26,6 +26,20 @@ def test_resolve_paths_globs_directories_lists_and_errors(tiny_pairs, tmp_path):
         resolve_paths(tmp_path)
 
 
+def test_a_file_reached_twice_is_read_once(tiny_pairs):
+    directory = tiny_pairs[0].parent
+    respelled = directory / "." / tiny_pairs[0].name
+    assert resolve_paths([directory, tiny_pairs[0]]) == tiny_pairs
+    assert resolve_paths([tiny_pairs[1], str(directory / "*.parquet"), respelled]) == [
+        tiny_pairs[1],
+        tiny_pairs[0],
+    ]
+    once = PairwiseParquetDataset(directory, resolution=8)
+    twice = PairwiseParquetDataset([directory, tiny_pairs[0], respelled], resolution=8)
+    assert len(once) == len(twice) == 14  # 16 rows, 2 ties dropped
+    assert [twice.locate(i) for i in range(len(twice))] == [once.locate(i) for i in range(len(once))]
+
+
 def test_cells_read_row_groups_lazily_and_survive_pickling(tiny_pairs):
     rows = ParquetRows(tiny_pairs, row_group_cache=2)
     assert rows.handle(0).metadata.num_row_groups == 2  # 8 rows in row groups of 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -118,6 +119,22 @@ def test_k_larger_than_a_group_and_missing_score_column(tmp_path):
         RankedParquetDataset(path, resolution=8, k=3)
     with pytest.raises(DataFormatError, match="missing column 'score_mps'"):
         RankedParquetDataset(path, resolution=8, score_column="score_mps")
+
+
+def test_score_column_must_be_score_or_score_prefixed(tmp_path):
+    """Per-reward columns are ``score_<reward>``: another column name is refused before any file is read."""
+    schema = RANKED_TEST_SCHEMA.append(pa.field("pickscore", pa.float64()))
+    path = write_table(tmp_path / "r.parquet", [_row("a", 0, 1.0, pickscore=1.0)], schema)
+    with pytest.raises(
+        ValueError, match=r"score_column 'pickscore': expected 'score' \(the ensemble\) or a 'score_<reward>'"
+    ):
+        RankedParquetDataset(path, resolution=8, score_column="pickscore")
+    prefixed = RankedParquetDataset(path, resolution=8, score_column="score_pickscore")
+    assert prefixed[0]["scores"].tolist() == [1.0]
+    with pytest.raises(
+        ValueError, match=r"max_rows -2: expected None \(all items\) or a non-negative number"
+    ):
+        RankedParquetDataset(path, resolution=8, max_rows=-2)
 
 
 def test_skip_mode_drops_whole_groups(tmp_path):

@@ -83,6 +83,23 @@ def test_frame_count_and_segment_errors_name_file_row_field(tmp_path):
     assert len(skipped) == 1 and skipped.bad_rows.counts == {"video_0: undecodable video": 1}
 
 
+@pytest.mark.parametrize("second_has_segments", [True, False])
+def test_segment_labels_in_some_files_only_name_the_odd_file(tmp_path, second_has_segments):
+    without_segments = VIDEO_PAIR_SCHEMA.remove(VIDEO_PAIR_SCHEMA.get_field_index("segment_label_0"))
+    schemas = (without_segments, VIDEO_PAIR_SCHEMA)[:: 1 if second_has_segments else -1]
+    first, second = (
+        write_table(tmp_path / f"v-{i}.parquet", [_row(1.0, [1.0, 0.0])], schema)
+        for i, schema in enumerate(schemas)
+    )
+    found, other = ("has", "lacks") if second_has_segments else ("lacks", "has")
+    with pytest.raises(DataFormatError) as info:
+        VideoPairDataset(tmp_path, resolution=8)
+    assert str(info.value) == (
+        f"{second} field 'segment_label_0': {found} column 'segment_label_0', which {first} {other}: "
+        "expected every file of the dataset to have per-segment labels, or none"
+    )
+
+
 def test_datasets_library_reads_video_files(tiny_videos, tmp_path):
     import datasets
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -73,3 +74,15 @@ def test_write_atomic_leaves_no_temporary_file_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_atomic(tmp_path / "out.json", lambda path: path.write_text("{}"))
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_sample_is_named(tmp_path, damage):
+    path = tmp_path / "sample.png"
+    save_sample(np.random.default_rng(2).integers(0, 256, size=(32, 32, 3), dtype=np.uint8), path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a png" * 4}[damage])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable image")):
+        load_frames(path, 1)
+    with pytest.raises(FileNotFoundError):
+        load_frames(tmp_path / "missing.png", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,3 +141,59 @@ def test_plain_lists_become_prompt_sets():
     assert as_prompt_set(["a", "b"]).prompts == ("a", "b")
     with pytest.raises(TypeError, match="single string"):
         as_prompt_set("a cat")
+
+
+def test_invalid_jsonl_line_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "evaluation_metadata.jsonl"
+    path.write_text('{"prompt": "a cat", "tag": "x"}\n\n{"prompt": "a dog", tag: "y"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3, column 21: not valid JSON")):
+        load_geneval(path)
+    path.write_text('{"prompt": "a cat", "tag": "x"}\n["a dog"]\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 2: expected a JSON object, got list")):
+        load_prompt_file(path)
+
+
+def test_invalid_json_lists_are_named(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text('[\n  "a cat",\n  "a dog" "a fox"\n]\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3, column ") + r"\d+: not valid JSON"):
+        load_prompt_file(path)
+    for style in HPDV2_STYLES:
+        (tmp_path / f"{style}.json").write_text(json.dumps([f"{style} prompt"]))
+    (tmp_path / "photo.json").write_text("")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'photo.json'}: line 1, column 1: not valid JSON")):
+        load_hpdv2_test(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".tsv", ".jsonl", ".json"])
+def test_text_that_is_not_utf8_is_named(tmp_path, suffix):
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(b"prompt\tCategory\n" + "a caf\xe9\tx\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 2: byte 0xe9 is not UTF-8")):
+        load_prompt_file(path)
+
+
+def test_corrupt_parquet_is_named(tmp_path):
+    path = tmp_path / "test_unique-00000-of-00001.parquet"
+    pq.write_table(pa.table({"caption": PROMPTS}), path)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable Parquet file")):
+        load_pickapic_test_unique(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable Parquet file")):
+        load_prompt_file(path)
+
+
+def test_missing_category_is_a_row_error_in_both_loaders(tmp_path):
+    """A short TSV row (no Category field) was kept as None by one loader and as the string "None" by the other."""
+    path = tmp_path / "PartiPrompts.tsv"
+    path.write_text("Prompt\tCategory\tChallenge\nbond\tAbstract\tBasic\na red car\n")
+    expected = re.escape(f"{path}: row 1 column 'Category' is empty (null, or missing from a short row)")
+    with pytest.raises(ValueError, match=expected):
+        load_partiprompts(path)
+    with pytest.raises(ValueError, match=expected):
+        load_prompt_file(path, column="Prompt", category_column="Category")
+    assert load_prompt_file(path, column="Prompt").categories is None  # categories not asked for: not read
+    parquet = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "kind": ["x", None]}), parquet)
+    with pytest.raises(ValueError, match=re.escape(f"{parquet}: row 1 column 'kind' is empty")):
+        load_prompt_file(parquet, category_column="kind")

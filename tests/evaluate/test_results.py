@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -111,3 +112,31 @@ def test_unknown_names_are_reported(evaluation, tmp_path):
         results.score_matrix("base", "nope")
     with pytest.raises(FileNotFoundError, match="no results file"):
         load_results(tmp_path)
+
+
+def _document(**changes) -> dict:
+    row = {"model": "base", "prompt_index": 0, "sample_index": 0, "prompt": "a cat", "category": None, "seed": 1,
+           "image": "base/0.png", "num_frames": 1, "score/clip": 0.5}
+    return {"format": "diffalign-evaluate/1", "models": {"base": {}}, "rewards": {}, "settings": {}, "rows": [row],
+            **changes}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "line 1, column 1: not valid JSON"),
+        (json.dumps(_document())[:-40], "not valid JSON"),
+        ("[]", r"a JSON list; expected the results.json of `diffalign evaluate` \(a JSON object\)"),
+        (json.dumps({k: v for k, v in _document().items() if k != "rows"}), "key 'rows' is missing; expected a JSON list"),
+        (json.dumps(_document(models=[])), "key 'models' is a JSON list; expected a JSON dict"),
+        (json.dumps(_document(rows=[{"model": "base"}])), r"rows\[0\]: expected an object with the columns"),
+        ("\xff", "line 1: byte 0xff is not UTF-8"),
+    ],
+)
+def test_damaged_results_file_is_named(tmp_path, text, expected):
+    path = tmp_path / "results.json"
+    path.write_bytes(text.encode("latin-1") if text == "\xff" else text.encode())
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + f".*{expected}"):
+        load_results(tmp_path)
+    path.write_text(json.dumps(_document()))
+    assert load_results(path).table["image"].tolist() == [str((tmp_path / "base/0.png").resolve())]

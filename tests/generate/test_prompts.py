@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -57,3 +59,26 @@ def test_errors_name_the_file_row_and_column(tmp_path):
         load_prompts(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="limit 0"):
         load_prompts("shapes_train", limit=0)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv"])
+def test_text_that_is_not_utf8_is_named(tmp_path, suffix):
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(b"prompt\na cat\nna\xefve caf\xe9\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3: byte 0xef is not UTF-8") + ".*expected UTF-8 text"):
+        load_prompts(path)
+
+
+def test_corrupt_parquet_and_malformed_csv_are_named(tmp_path):
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": ["one", "two"]}), path)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable Parquet file")):
+        load_prompts(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable Parquet file")):
+        load_prompts(path)
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text("prompt\na cat\n" + "x" * 200_000 + "\n")  # over csv's field size limit
+    with pytest.raises(ValueError, match=re.escape(f"{csv_path}: line 3: ") + ".*expected a CSV file"):
+        load_prompts(csv_path)

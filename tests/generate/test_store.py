@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,6 +12,7 @@ import pytest
 
 import diffusion_align.generate.store as store_module
 from diffusion_align.generate import ManifestMismatchError, Shard, ShardStore, Worker, plan_shards
+from diffusion_align.generate.dataset import run_shards
 from diffusion_align.generate.store import flatten, temporary_path
 
 
@@ -90,3 +93,45 @@ def test_manifest_is_created_once_and_checked(tmp_path):
         ShardStore(tmp_path, ("ranked",)).open({**config, "extra": 3}, shards)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
     assert flatten({"a": {"b": 1, "c": [1]}}) == {"a.b": 1, "a.c": [1]}
+
+
+@pytest.mark.parametrize("text", ["", '{"shard": 0, "pro', "[]", '{"shard": 0}'])
+def test_damaged_marker_counts_as_incomplete_and_the_shard_is_redone(tmp_path, caplog, monkeypatch, text):
+    """A marker cut short (a crash, a disk error) must neither stop the run nor be trusted: the shard is redone."""
+    # a hydra run earlier in the session (logging config with disable_existing_loggers) may have disabled the logger
+    monkeypatch.setattr(logging.getLogger("diffusion_align.generate.store"), "disabled", False)
+    store = ShardStore(tmp_path, ("ranked",))
+    shards = plan_shards(4, 2)
+    for shard in shards:
+        store.write(shard, {"ranked": pa.table({"x": [shard.index]})}, {"n": 1}, Worker())
+    marker = store.marker_path(shards[1])
+    marker.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="diffusion_align.generate.store"):
+        assert not store.is_complete(shards[1]) and [m["shard"] for m in store.markers(shards)] == [0]
+    assert f"completion marker {marker} is damaged" in caplog.text and "shard-00001 counts as incomplete" in caplog.text
+    built = []
+
+    def build(shard, advance):
+        built.append(shard.index)
+        return {"ranked": pa.table({"x": [shard.index]})}, {"n": 1}
+
+    assert run_shards(store, shards, Worker(), build, 1, progress=False) == 1 and built == [1]
+    assert [m["shard"] for m in store.markers(shards)] == [0, 1]
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "[1, 2]", "\xff\xfe"])
+def test_damaged_manifest_is_named(tmp_path, text):
+    (tmp_path / "manifest.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ManifestMismatchError, match=re.escape(str(tmp_path / "manifest.json")) + ": .*"
+                       "expected the JSON object a generate run writes. If you are resuming with the same configuration"):
+        ShardStore(tmp_path, ("ranked",)).open({"seed": 0}, plan_shards(2, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temporary left
+
+
+def test_manifest_is_flushed_to_disk_before_it_is_linked(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: events.append("fsync"))
+    real_link = store_module.os.link
+    monkeypatch.setattr(store_module.os, "link", lambda *a: (events.append("link"), real_link(*a)))
+    ShardStore(tmp_path, ("ranked",)).open({"seed": 0}, plan_shards(2, 1))
+    assert events == ["fsync", "link"]
