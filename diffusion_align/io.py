@@ -1,14 +1,23 @@
 """Atomic file writes: readers (and a resumed job after a kill) see the old file or the new one, never half of one.
 
-And :func:`read_text`: UTF-8 text whose decoding errors name the file and line.
+And :func:`read_text`: UTF-8 text whose decoding errors name the file and line; :func:`prompts_fingerprint`, what
+resumable jobs record of their prompt list.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> dict[str, Any]:
+    """``{"count", "sha256"}`` of a prompt list (order included): what a resumed job checks it is given again."""
+    return {"count": len(prompts), "sha256": hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()}
 
 
 def temporary_path(path: Path) -> Path:

@@ -3,10 +3,15 @@
 Outputs in ``out_dir``::
 
     images/<model>/<prompt_index>-<sample_index>.png   every sample (clips: a strip of frames)
+    images/<model>/samples.json, samples.jsonl          what made them, one line per saved sample (resumption)
     results.parquet, results.json                      every row and score; summary and win rates (json)
     grids/grid-000.png ...                             prompts down, models across, scores under each image
     plots/*.png                                        score distributions per reward, win rates
     report.html                                        self-contained: tables, figures, sortable samples
+
+A killed evaluation resumes: run it again with the same models, prompts and sampling settings into the same
+``out_dir`` and each model's saved samples are kept (a sample counts once its PNG and its ``samples.jsonl`` line are
+written); only the missing ones are generated, from their own seeds. Other settings in that directory are refused.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from diffusion_align.evaluate.sampling import (
 )
 from diffusion_align.evaluate.scoring import as_rewards, score_results
 from diffusion_align.evaluate.stats import StatsSettings
-from diffusion_align.io import write_text_atomic
+from diffusion_align.io import prompts_fingerprint, write_text_atomic
 from reward_models.base import RewardModel
 
 log = logging.getLogger(__name__)
@@ -53,23 +58,99 @@ def generate_samples(
     device: str | torch.device,
     dtype: str,
 ) -> pd.DataFrame:
-    """Sample every prompt with every model (one model in memory at a time); save PNGs; return the rows."""
+    """Sample every prompt with every model (one model in memory at a time); save PNGs; return the rows.
+
+    Samples a previous run saved under ``image_dir`` with the same settings are reused (see the module docstring); a
+    model whose samples are all there is not even loaded.
+    """
     jobs = [(i, k, prompt) for i, prompt in enumerate(prompt_set.prompts) for k in range(sampling.samples_per_prompt)]
     rows = []
     for name, spec in specs.items():
-        pipeline = load_model(spec, device, dtype)
-        for prompt_index, sample_index, pixels in generate(pipeline, jobs, sampling, spec, f"sampling {name}"):
-            path = image_dir / name / f"{prompt_index:05d}-{sample_index:03d}.png"
-            rows.append({
-                "model": name, "prompt_index": prompt_index, "sample_index": sample_index,
-                "prompt": prompt_set.prompts[prompt_index],
-                "category": None if prompt_set.categories is None else prompt_set.categories[prompt_index],
-                "seed": sample_seed(sampling.seed, prompt_index, sample_index),
-                "image": str(path.resolve()), "num_frames": save_sample(pixels, path),
-            })
-        del pipeline  # one model in memory at a time
-        free_memory()
+        model_dir = image_dir / name
+        made = {"model": spec.describe(), "weights": weights_fingerprint(spec), "sampling": asdict(sampling),
+                "dtype": dtype, "prompts": prompts_fingerprint(prompt_set.prompts)}
+        done = saved_samples(model_dir, made)
+        todo = [job for job in jobs if (job[0], job[1]) not in done]
+        if done:
+            log.info("%s: %d of %d samples already in %s, %d to generate", name, len(jobs) - len(todo), len(jobs),
+                     model_dir, len(todo))
+        if todo:
+            pipeline = load_model(spec, device, dtype)
+            with open(model_dir / SAMPLE_LOG, "a", encoding="utf-8") as sample_log:
+                if sample_log.tell():  # end a line a kill cut short, or the next row would be glued to it
+                    sample_log.write("\n")
+                for prompt_index, sample_index, pixels in generate(pipeline, todo, sampling, spec, f"sampling {name}"):
+                    path = model_dir / f"{prompt_index:05d}-{sample_index:03d}.png"
+                    row = {
+                        "model": name, "prompt_index": prompt_index, "sample_index": sample_index,
+                        "prompt": prompt_set.prompts[prompt_index],
+                        "category": None if prompt_set.categories is None else prompt_set.categories[prompt_index],
+                        "seed": sample_seed(sampling.seed, prompt_index, sample_index),
+                        "image": str(path.resolve()), "num_frames": save_sample(pixels, path),
+                    }
+                    sample_log.write(json.dumps(row) + "\n")  # after the PNG: a logged sample is a saved one
+                    sample_log.flush()
+                    done[(prompt_index, sample_index)] = row
+            del pipeline  # one model in memory at a time
+            free_memory()
+        rows += [done[(prompt_index, sample_index)] for prompt_index, sample_index, _ in jobs]
     return pd.DataFrame(rows)
+
+
+SAMPLE_SETTINGS, SAMPLE_LOG = "samples.json", "samples.jsonl"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def weights_fingerprint(spec: ModelSpec) -> dict[str, list]:
+    """What identifies a model's weights on disk, so that samples of retrained weights at the same path are not
+    reused: every weight file under a local pipeline or LoRA path, as (relative name, size, modification time in
+    ns); a Hub id identifies itself."""
+    found = {}
+    for role, location in (("pipeline", spec.pipeline), ("lora", spec.lora)):
+        path = Path(location) if location else None
+        if path is None or not path.exists():
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        found[role] = [[str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                       for f in files]
+    return found
+
+
+def saved_samples(model_dir: Path, made: dict[str, Any]) -> dict[tuple[int, int], dict]:
+    """The samples an earlier run saved in ``model_dir`` with the settings ``made``, by (prompt, sample) index.
+
+    Records ``made`` in ``samples.json`` on a first run. A last ``samples.jsonl`` line cut short by a kill, and lines
+    whose PNG is gone, are left out (those samples are generated again).
+
+    Raises:
+        ValueError: ``model_dir`` holds samples made with other settings (or a damaged ``samples.json``).
+    """
+    settings_path, log_path = model_dir / SAMPLE_SETTINGS, model_dir / SAMPLE_LOG
+    if not settings_path.exists():
+        log_path.unlink(missing_ok=True)  # lines without their settings cannot be trusted
+        write_text_atomic(settings_path, json.dumps(made, indent=1, sort_keys=True, default=str))
+        return {}
+    try:
+        recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{settings_path}: damaged ({error}); delete {model_dir} to sample this model again") from error
+    current = json.loads(json.dumps(made, default=str))  # tuples as lists, as they were recorded
+    if recorded != current:
+        differing = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        raise ValueError(
+            f"{model_dir} holds samples made with other {', '.join(differing)} ({settings_path}); resuming would mix "
+            "them: use another out_dir, or delete that folder to sample this model again")
+    done = {}
+    if log_path.exists():
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                key = (int(row["prompt_index"]), int(row["sample_index"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+            if Path(row["image"]).is_file():
+                done[key] = row
+    return done
 
 
 def write_outputs(results: EvaluationResults, out_dir: Path, stats: StatsSettings, report: ReportSettings) -> Path:

@@ -14,8 +14,6 @@ generator name, slot k): a re-run, a resumed run or a run split over other worke
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -39,6 +37,7 @@ from diffusion_align.generate.ranking import (
 from diffusion_align.generate.store import Shard, ShardStore, Worker, plan_shards
 from diffusion_align.generate.summary import GenerationSummary, moments, write_card
 from diffusion_align.generate.tables import Candidate, Group, encode_media, pairs_table, ranked_table
+from diffusion_align.io import prompts_fingerprint
 from reward_models.base import RewardModel
 from reward_models.ensemble import RewardEnsemble
 
@@ -54,10 +53,6 @@ def describe_reward(reward: RewardModel) -> dict[str, Any]:
         return {"class": type(reward).__name__, "members": {n: type(m).__name__ for n, m in reward.members.items()},
                 "weights": dict(reward.weights), "normalize": reward.normalize}
     return {"class": type(reward).__name__, "members": {reward.name: type(reward).__name__}}
-
-
-def prompts_fingerprint(prompts: Sequence[str]) -> dict[str, Any]:
-    return {"count": len(prompts), "sha256": hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()}
 
 
 def check_pipelines(pipelines: Sequence[PipelineSpec]) -> str:

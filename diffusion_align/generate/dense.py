@@ -33,7 +33,6 @@ from diffusion_align.generate.dataset import (
     check_pipelines,
     describe_reward,
     finish,
-    prompts_fingerprint,
     run_shards,
 )
 from diffusion_align.generate.pipelines import PipelineSpec, candidate_seed, generate_media, load_pipeline
@@ -41,6 +40,7 @@ from diffusion_align.generate.ranking import combine, member_names, per_frame_ra
 from diffusion_align.generate.store import Shard, ShardStore, Worker, plan_shards
 from diffusion_align.generate.summary import GenerationSummary, moments
 from diffusion_align.generate.tables import encode_media, prompt_id
+from diffusion_align.io import prompts_fingerprint
 from reward_models.base import RewardModel
 
 DENSE_TABLES = ("dense_pairs",)

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -95,3 +96,60 @@ def test_default_config_is_the_shapes_world():
     assert list(cfg.rewards) == ["shapes"] and cfg.rewards.shapes._target_ == "reward_models.ShapesReward"
     assert OmegaConf.to_container(cfg, resolve=False)["pipeline"] == "${shapes_model:pipeline}"
     assert list(cfg.models) == ["base"]
+
+
+def test_a_killed_evaluation_resumes_from_its_saved_samples(tiny_sd15_path, tiny_lora_dir, clip_reward, tmp_path,
+                                                             monkeypatch):
+    """Samples saved before a kill are kept (their model is not even loaded again when all are there); the rest are
+    generated from their own seeds, so the result equals an uninterrupted run's; other settings are refused."""
+    from diffusion_align.evaluate import run as evaluate_run
+
+    models = {"base": str(tiny_sd15_path), "lora": {"pipeline": str(tiny_sd15_path), "lora": str(tiny_lora_dir)}}
+    prompts = PromptSet("p", ("a red circle", "a blue square", "a green triangle"))
+    sampling = SamplingSettings(samples_per_prompt=2, num_inference_steps=2, batch_size=2, height=32, width=32)
+    settings = {"sampling": sampling, "stats": StatsSettings(n_resamples=50), "report": ReportSettings(plots=False)}
+    whole = evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "whole", **settings)
+
+    generated = evaluate_run.generate
+
+    def killed_after_three(pipeline, jobs, *args, **kwargs):  # the first model dies after 3 of its 6 samples
+        for count, sample in enumerate(generated(pipeline, jobs, *args, **kwargs)):
+            if count == 3:
+                raise KeyboardInterrupt
+            yield sample
+
+    monkeypatch.setattr(evaluate_run, "generate", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **settings)
+    lines = (tmp_path / "cut" / "images" / "base" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    with open(tmp_path / "cut" / "images" / "base" / "samples.jsonl", "a") as log:
+        log.write('{"model": "base", "prompt_ind')  # a line cut short by the kill
+
+    asked = []
+    monkeypatch.setattr(evaluate_run, "generate",
+                        lambda pipeline, jobs, *a, **k: asked.append([j[:2] for j in jobs]) or generated(
+                            pipeline, jobs, *a, **k))
+    resumed = evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **settings)
+    assert asked == [[(1, 1), (2, 0), (2, 1)], [(i, k) for i in range(3) for k in range(2)]]
+    for column in ("model", "prompt_index", "sample_index", "seed", "score/clip"):
+        assert list(resumed.table[column]) == pytest.approx(list(whole.table[column])) if column.startswith(
+            "score") else list(resumed.table[column]) == list(whole.table[column])
+
+    asked.clear()  # everything saved: no model is loaded
+    monkeypatch.setattr(evaluate_run, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **settings)
+    assert asked == []
+
+    other = SamplingSettings(samples_per_prompt=2, num_inference_steps=3, batch_size=2, height=32, width=32)
+    with pytest.raises(ValueError, match="holds samples made with other sampling"):
+        evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **{**settings, "sampling": other})
+    monkeypatch.undo()
+    retrained = tmp_path / "retrained"  # the same LoRA path with new weights (a re-run training): not reused
+    shutil.copytree(tiny_lora_dir, retrained)
+    moved = {**models, "lora": {"pipeline": str(tiny_sd15_path), "lora": str(retrained)}}
+    evaluate_models(moved, prompts, {"clip": clip_reward}, tmp_path / "again", **settings)
+    weights = next(retrained.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="holds samples made with other weights"):
+        evaluate_models(moved, prompts, {"clip": clip_reward}, tmp_path / "again", **settings)
