@@ -7,13 +7,15 @@ Source: ``jacklishufan/diffusion-kto`` ``train_kto_sd_v1.5.py`` (halo "sigmoid")
     h  = σ((2y - 1) · β · (g - kl))
     L  = mean(λ_y · (1 - h))
 
-Here the KL estimate is the mean over the local batch: with several processes, pass a batch gathered across them
-(or accept a per-process estimate, which differs from the authors' all-reduced one).
+With several processes (``torch.distributed`` initialized, as under ``accelerate launch``) the KL estimate is the
+authors' all-reduced one: the mean of the processes' batch means, clamped; ``kl_all_reduce=False`` keeps each
+process's own.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from diffusion_align.losses.common import apply_weights, check_same_shape, check_vector
@@ -26,6 +28,16 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def batch_mean(values: Tensor, all_reduce: bool) -> Tensor:
+    """Mean of ``values``, averaged over the processes of ``torch.distributed`` (equal batches) if ``all_reduce``."""
+    mean = values.mean()
+    if all_reduce and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        mean = mean.clone()
+        dist.all_reduce(mean)
+        mean = mean / dist.get_world_size()
+    return mean
+
+
 def kto_loss(
     err: Tensor,
     ref_err: Tensor | None,
@@ -35,6 +47,7 @@ def kto_loss(
     lambda_desirable: float = 1.0,
     lambda_undesirable: float = 1.0,
     weights: Tensor | None = None,
+    kl_all_reduce: bool = True,
 ) -> LossOutput:
     """Diffusion-KTO loss per image: ``λ_y·(1 - σ((2y-1)·β·(g - kl)))`` with ``g = ref_err - err``.
 
@@ -50,6 +63,8 @@ def kto_loss(
         lambda_desirable: λ_d, weight of desirable images (1.0).
         lambda_undesirable: λ_u, weight of undesirable images (1.0).
         weights: optional ``[N]`` per-image weights, multiplied into ``losses`` before the mean.
+        kl_all_reduce: average the batch mean of ``g`` over the processes (an all-reduce, as the authors) when
+            ``torch.distributed`` runs more than one; ``False``: this process's batch alone.
 
     Returns:
         ``LossOutput`` with ``losses`` ``[N]``. Rewards ``β·g``: ``rewards/chosen`` is their mean over desirable
@@ -65,7 +80,7 @@ def kto_loss(
         raise ValueError(f"{method}: 'desirable' must be a bool tensor, got dtype {desirable.dtype}")
     err, ref_err = err.float(), ref_err.float()
     g = ref_err - err
-    kl = g.mean().clamp(min=0).detach()
+    kl = batch_mean(g.detach(), kl_all_reduce).clamp(min=0)
     sign = desirable.float() * 2.0 - 1.0
     h = torch.sigmoid(sign * beta * (g - kl))
     lam = torch.where(desirable, torch.full_like(g, lambda_desirable), torch.full_like(g, lambda_undesirable))

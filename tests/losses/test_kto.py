@@ -77,3 +77,35 @@ def test_bad_inputs_raise():
         kto_loss(torch.rand(2), None, torch.tensor([True, False]))
     with pytest.raises(ValueError, match="bool tensor"):
         kto_loss(torch.rand(2), torch.rand(2), torch.tensor([1, 0]))
+
+
+def _two_process_kl(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: each holds its own batch; writes the KL estimate it got (all-reduced, and not)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        ref = torch.tensor([0.5, 0.5])
+        err = torch.tensor([0.2, 0.4]) if rank == 0 else torch.tensor([0.6, 0.6])  # g: [0.3, 0.1] and [-0.1, -0.1]
+        desirable = torch.tensor([True, False])
+        reduced = kto_loss(err, ref, desirable, beta=1.0).metrics["kto/kl"]
+        local = kto_loss(err, ref, desirable, beta=1.0, kl_all_reduce=False).metrics["kto/kl"]
+        torch.save({"reduced": reduced, "local": local}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_kl_estimate_is_all_reduced_over_processes(tmp_path):
+    """The authors all-reduce the batch mean of g: rank 0's mean 0.2 and rank 1's -0.1 give 0.05 on both ranks
+    (clamped after averaging); without the all-reduce rank 0 keeps 0.2 and rank 1 clamps to 0."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_process_kl, args=(port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    assert [float(g["reduced"]) for g in got] == pytest.approx([0.05, 0.05])
+    assert [float(g["local"]) for g in got] == pytest.approx([0.2, 0.0])
