@@ -160,8 +160,10 @@ def test_stale_cache_is_detected(pairs, tmp_path):
     assert len(CachedPreferenceDataset(out)) == 9  # self-contained once built
 
 
-def test_killed_build_resumes_where_it_stopped(pairs, tmp_path):
-    source, calls, die_after = _dataset(pairs), [], [8]  # 4 encoder calls per shard: shards 0, 1 complete
+def killed_build(pairs, out):
+    """A build killed after shards 0 and 1 (4 encoder calls each); returns the source, the encoder's call log, its
+    kill switch (``[None]``: never) and the encoder itself."""
+    source, calls, die_after = _dataset(pairs), [], [8]
 
     def dying_posterior(pixels):
         if len(calls) == die_after[0]:
@@ -169,9 +171,14 @@ def test_killed_build_resumes_where_it_stopped(pairs, tmp_path):
         calls.append(len(pixels))
         return fake_posterior(pixels)
 
-    out = tmp_path / "cache"
     with pytest.raises(RuntimeError, match="killed"):
         build_cache(source, dying_posterior, fake_prompts, out, batch_size=2, encoder_id="fake")
+    return source, calls, die_after, dying_posterior
+
+
+def test_killed_build_resumes_where_it_stopped(pairs, tmp_path):
+    out = tmp_path / "cache"
+    source, calls, die_after, dying_posterior = killed_build(pairs, out)
     assert sorted(p.name for p in out.glob("shard-*")) == [
         "shard-00000.safetensors",
         "shard-00001.safetensors",
@@ -192,17 +199,8 @@ def test_killed_build_resumes_where_it_stopped(pairs, tmp_path):
 
 def test_truncated_shard_and_leftover_temporaries_are_rebuilt_on_resume(pairs, tmp_path, caplog):
     """A shard cut short under its final name (a crash before files were flushed) is re-encoded, not trusted."""
-    source, calls, die_after = _dataset(pairs), [], [8]
-
-    def dying_posterior(pixels):
-        if len(calls) == die_after[0]:
-            raise RuntimeError("killed")
-        calls.append(len(pixels))
-        return fake_posterior(pixels)
-
     out = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match="killed"):
-        build_cache(source, dying_posterior, fake_prompts, out, batch_size=2, encoder_id="fake")
+    source, calls, die_after, dying_posterior = killed_build(pairs, out)
     shard = out / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-7])
     leftovers = [out / ".shard-00002.safetensors.otherhost.123.tmp", out / ".manifest.json.tmp-99"]
