@@ -92,45 +92,11 @@ def build_model(settings: Settings, path: Path) -> Path:
 
 
 def build_sd15_size(path: Path, resolution: int, seed: int = 0) -> Path:
-    """Stable Diffusion 1.5's architecture at full size with seeded random weights (UNet 860M parameters).
+    """Stable Diffusion 1.5's architecture at full size with seeded random weights (UNet 860M parameters;
+    ``full_size_model.py``). Built on the GPU when there is one."""
+    import full_size_model
 
-    UNet and VAE take diffusers' SD1.5 configuration (``UNet2DConditionModel``'s defaults with 768-wide
-    cross-attention; the 4-block 128/256/512/512 VAE, scale 0.18215); the text encoder is CLIP ViT-L/14's
-    (768 wide, 12 layers, 12 heads) over the offline CLIP tokenizer. Built on the GPU when there is one.
-    """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from diffusion_align.testing.tiny_image import SD_BETAS
-    from diffusion_align.testing.tiny_text import CLIP_BOS_ID, CLIP_EOS_ID, clip_tokenizer
-
-    torch.manual_seed(seed)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        unet = UNet2DConditionModel(sample_size=resolution // 8, cross_attention_dim=768)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=resolution,
-            scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            projection_dim=768, bos_token_id=CLIP_BOS_ID, eos_token_id=CLIP_EOS_ID, pad_token_id=CLIP_EOS_ID,
-        ))
-    pipeline = StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=clip_tokenizer(), unet=unet.eval(),
-        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(path)
-    del pipeline, unet, vae, text_encoder
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the timed processes share the GPU with this one
-    return path
+    return full_size_model.build("sd15", path, resolution, seed)
 
 
 def write_data(settings: Settings, directory: Path) -> Path:
