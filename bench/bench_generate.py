@@ -158,7 +158,7 @@ def bare_loop(specs: list[PipelineSpec], reward, prompts: list[str], per_prompt:
 
         seconds, _ = timed(run, device)
         total += seconds
-        del pipeline
+        del run, pipeline  # run's default argument holds the pipeline too: one in memory at a time
     return total, load
 
 

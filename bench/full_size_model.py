@@ -91,7 +91,9 @@ def build(arch: str, path: str | Path, resolution: int, seed: int = 0) -> Path:
             scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1), add_watermarker=False,
         )
     pipeline.save_pretrained(path)
-    del pipeline, unet, vae
+    del pipeline, unet, vae, text_encoder
+    if arch == "sdxl":
+        del text_encoder_2
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # benchmark processes share the GPU with this one
     return Path(path)

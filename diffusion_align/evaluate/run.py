@@ -11,7 +11,8 @@ Outputs in ``out_dir``::
 
 A killed evaluation resumes: run it again with the same models, prompts and sampling settings into the same
 ``out_dir`` and each model's saved samples are kept (a sample counts once its PNG and its ``samples.jsonl`` line are
-written); only the missing ones are generated, from their own seeds. Other settings in that directory are refused.
+written); only the missing ones are generated, from their own seeds. The batch size may change (after running out
+of memory, say) and so may the number of samples per prompt; other settings in that directory are refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_align.adapters.lora import LORA_WEIGHT_NAME
 from diffusion_align.config import build
 from diffusion_align.evaluate.media import save_sample
 from diffusion_align.evaluate.prompts import PromptSet, as_prompt_set
@@ -67,8 +69,9 @@ def generate_samples(
     rows = []
     for name, spec in specs.items():
         model_dir = image_dir / name
-        made = {"model": spec.describe(), "weights": weights_fingerprint(spec), "sampling": asdict(sampling),
-                "dtype": dtype, "prompts": prompts_fingerprint(prompt_set.prompts)}
+        made = {"model": spec.describe(), "weights": weights_fingerprint(spec), "sampling": sample_settings(sampling),
+                "dtype": dtype, "prompts": prompts_fingerprint(prompt_set.prompts),
+                "categories": None if prompt_set.categories is None else prompts_fingerprint(prompt_set.categories)}
         done = saved_samples(model_dir, made)
         todo = [job for job in jobs if (job[0], job[1]) not in done]
         if done:
@@ -101,16 +104,31 @@ SAMPLE_SETTINGS, SAMPLE_LOG = "samples.json", "samples.jsonl"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
+SKIPPED_FOLDERS = ("checkpoints", "cache")  # a training run's folders that hold no weights the model loads
+
+
+def sample_settings(sampling: SamplingSettings) -> dict[str, Any]:
+    """What makes a sample what it is: the sampling settings without ``batch_size`` (seeds are per sample, whatever
+    the batch) and ``samples_per_prompt`` (more or fewer samples leave the saved ones valid)."""
+    return {k: v for k, v in asdict(sampling).items() if k not in ("batch_size", "samples_per_prompt")}
+
+
 def weights_fingerprint(spec: ModelSpec) -> dict[str, list]:
     """What identifies a model's weights on disk, so that samples of retrained weights at the same path are not
-    reused: every weight file under a local pipeline or LoRA path, as (relative name, size, modification time in
-    ns); a Hub id identifies itself."""
+    reused: (relative name, size, modification time in ns) of the LoRA file, and of every weight file under a local
+    pipeline directory (a training run's ``checkpoints/`` and ``cache/`` left out); a Hub id identifies itself."""
     found = {}
     for role, location in (("pipeline", spec.pipeline), ("lora", spec.lora)):
         path = Path(location) if location else None
         if path is None or not path.exists():
             continue
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        if path.is_file():
+            files = [path]
+        elif role == "lora":
+            files = [path / LORA_WEIGHT_NAME] if (path / LORA_WEIGHT_NAME).is_file() else []
+        else:
+            files = sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES
+                           and not set(p.relative_to(path).parts[:-1]) & set(SKIPPED_FOLDERS))
         found[role] = [[str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns]
                        for f in files]
     return found

@@ -14,11 +14,16 @@ reference copy is compiled the same way (``train.loop.apply_speed_options``).
 
 from __future__ import annotations
 
+import torch._dynamo
 from torch import nn
 
 from diffusion_align.config import ConfigError
 
 COMPILE_MODES = ("full", "regional")
+# Compiled versions dynamo keeps per code object. Every repeated block shares its class's forward, so one cache holds
+# the versions of every width (a UNet's levels), of grad and no-grad calls, adapters on and off, and a frozen copy's
+# blocks: past dynamo's default 8 the rest would silently run eager.
+RECOMPILE_LIMIT = 64
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")
 
 
@@ -69,6 +74,7 @@ def compile_denoiser(denoiser: nn.Module, mode: str | None) -> list[nn.Module]:
     if not blocks:
         raise ValueError(f"trainer.compile=regional: {type(denoiser).__name__} declares no _repeated_blocks and has "
                          f"no block list ({', '.join(BLOCK_LISTS)}); use trainer.compile=full")
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:
         block.compile()
     return blocks

@@ -136,9 +136,13 @@ def test_a_killed_evaluation_resumes_from_its_saved_samples(tiny_sd15_path, tiny
         assert list(resumed.table[column]) == pytest.approx(list(whole.table[column])) if column.startswith(
             "score") else list(resumed.table[column]) == list(whole.table[column])
 
-    asked.clear()  # everything saved: no model is loaded
+    asked.clear()  # everything saved: no model is loaded, whatever the batch size or a smaller sample count
     monkeypatch.setattr(evaluate_run, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **settings)
+    for fewer in (SamplingSettings(samples_per_prompt=2, num_inference_steps=2, batch_size=5, height=32, width=32),
+                  SamplingSettings(samples_per_prompt=1, num_inference_steps=2, batch_size=2, height=32, width=32)):
+        again = evaluate_models(models, prompts, {"clip": clip_reward}, tmp_path / "cut", **{**settings, "sampling": fewer})
+        assert len(again.table) == 2 * 3 * fewer.samples_per_prompt
     assert asked == []
 
     other = SamplingSettings(samples_per_prompt=2, num_inference_steps=3, batch_size=2, height=32, width=32)
@@ -148,6 +152,9 @@ def test_a_killed_evaluation_resumes_from_its_saved_samples(tiny_sd15_path, tiny
     retrained = tmp_path / "retrained"  # the same LoRA path with new weights (a re-run training): not reused
     shutil.copytree(tiny_lora_dir, retrained)
     moved = {**models, "lora": {"pipeline": str(tiny_sd15_path), "lora": str(retrained)}}
+    evaluate_models(moved, prompts, {"clip": clip_reward}, tmp_path / "again", **settings)
+    (retrained / "checkpoints" / "step-1").mkdir(parents=True)  # a run's later checkpoints are not its weights
+    (retrained / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"x")
     evaluate_models(moved, prompts, {"clip": clip_reward}, tmp_path / "again", **settings)
     weights = next(retrained.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
