@@ -113,7 +113,10 @@ def generation(out: Path, shards: int) -> Workload:
         card = " + card" if (out / "README.md").is_file() else ""
         return f"{complete}/{shards} shards{card}", hidden_entries(out)
 
-    return Workload(args, shards, lambda k: marker(k).is_file(), marker(shards).is_file, describe)
+    def last_output_started() -> bool:  # the last shard's first table is on disk, its marker and the card to come
+        return (out / "ranked" / f"shard-{shards - 1:05d}.parquet").is_file()
+
+    return Workload(args, shards, lambda k: marker(k).is_file(), last_output_started, describe)
 
 
 def read_rows(out: Path, table: str) -> pa.Table:
