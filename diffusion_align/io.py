@@ -1,12 +1,15 @@
 """Atomic file writes: readers (and a resumed job after a kill) see the old file or the new one, never half of one.
 
-And :func:`read_text`: UTF-8 text whose decoding errors name the file and line; :func:`prompts_fingerprint`, what
-resumable jobs record of their prompt list.
+And readers whose errors name the file (and the line, for text): :func:`read_text` (UTF-8), :func:`parse_json` /
+:func:`read_json`, :func:`read_csv`, :func:`read_parquet` / :func:`read_parquet_schema`; :func:`prompts_fingerprint`,
+what resumable jobs record of their prompt list.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import socket
@@ -69,3 +72,58 @@ def read_text(path: str | Path) -> str:
         raise ValueError(
             f"{path}: line {line}: byte {data[error.start]:#04x} is not UTF-8 ({error.reason}); expected UTF-8 text"
         ) from error
+
+
+def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
+    """``json.loads(text)``; invalid JSON raises ``ValueError`` naming ``path`` and the line (``line``: the line of a
+    ``.jsonl`` file that ``text`` is)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: line {line or error.lineno}, column {error.colno}: not valid JSON ({error.msg})"
+        ) from error
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON document of a UTF-8 file; ``ValueError`` naming the file (and line) if it is not one."""
+    return parse_json(read_text(path), path)
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[dict]]:
+    """Header and rows (dicts) of a UTF-8 CSV (or, with ``delimiter="\t"``, TSV) file with a header row.
+
+    Raises:
+        ValueError: not UTF-8, or malformed (the message names the file and line).
+    """
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as error:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise ValueError(
+            f"{path}: line {reader.reader.line_num}: {error}; expected a {kind} file with a header row"
+        ) from error
+
+
+def read_parquet_schema(path: str | Path):
+    """The Arrow schema of a Parquet file; ``ValueError`` naming the file if it is not a readable one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None):
+    """A Parquet file as an Arrow table (``columns`` only, if given); ``ValueError`` naming the file if it is not a
+    readable one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error

@@ -24,18 +24,12 @@ are read.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from diffusion_align.io import read_text
+from diffusion_align.io import parse_json, read_csv, read_json, read_parquet, read_parquet_schema, read_text
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -107,43 +101,22 @@ def _require_file(path: Path, what: str, source: str) -> Path:
     return path
 
 
-def _load_json(text: str, path: Path, line: int | None = None) -> object:
-    """``json.loads(text)``; invalid JSON raises ``ValueError`` naming ``path`` and the line (``line``: of a .jsonl)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path}: line {line or error.lineno}, column {error.colno}: not valid JSON ({error.msg})"
-        ) from error
-
-
-def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
-
-
 def _table_rows(path: Path) -> list[dict]:
     """Rows of a .csv / .tsv / .jsonl / .parquet file as dicts."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        try:
-            return list(reader)
-        except csv.Error as error:
-            raise ValueError(f"{path}: line {reader.reader.line_num}: {error}; expected a {suffix[1:].upper()} table") from error
+        return read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")[1]
     if suffix == ".jsonl":
         rows = []
         for number, line in enumerate(read_text(path).split("\n"), start=1):
             if line.strip():
-                row = _load_json(line, path, number)
+                row = parse_json(line, path, number)
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
         return rows
     if suffix == ".parquet":
-        return _read_parquet(path).to_pylist()
+        return read_parquet(path).to_pylist()
     raise ValueError(f"{path}: expected a .csv, .tsv, .jsonl or .parquet table")
 
 
@@ -178,7 +151,7 @@ def load_prompt_file(
     if path.suffix.lower() == ".txt":
         prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     elif path.suffix.lower() == ".json":
-        prompts = _load_json(read_text(path), path)
+        prompts = read_json(path)
         if not isinstance(prompts, list):
             raise ValueError(f"prompt file {path}: expected a JSON list of strings, got {type(prompts).__name__}")
     else:
@@ -230,7 +203,7 @@ def load_hpdv2_test(directory: str | Path, limit: int | None = None, subset_seed
             "HPDv2 test prompts",
             "the Hugging Face dataset zhwang/HPDv2, folder benchmark/ (anime, concept-art, paintings, photo .json)",
         )
-        style_prompts = _load_json(read_text(path), path)
+        style_prompts = read_json(path)
         if not isinstance(style_prompts, list):
             raise ValueError(f"{path}: expected a JSON list of prompts, got {type(style_prompts).__name__}")
         prompts += style_prompts
@@ -253,13 +226,9 @@ def load_pickapic_test_unique(
     captions: dict[str, None] = {}
     for shard in shards:
         _require_file(shard, "Pick-a-Pic test_unique", source)
-        try:
-            names = pq.read_schema(shard).names
-        except (pa.ArrowException, OSError) as error:
-            raise ValueError(f"{shard}: not a readable Parquet file ({error})") from error
-        if "caption" not in names:
+        if "caption" not in read_parquet_schema(shard).names:
             raise KeyError(f"{shard}: no 'caption' column; is it a Pick-a-Pic shard?")
-        captions.update(dict.fromkeys(_read_parquet(shard, ["caption"]).column("caption").to_pylist()))
+        captions.update(dict.fromkeys(read_parquet(shard, ["caption"]).column("caption").to_pylist()))
     return select_prompts("pickapic_test_unique", list(captions), None, limit, subset_seed)
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from diffusion_align.evaluate.stats import StatsSettings, WinRate, mean_interval, win_rate
-from diffusion_align.io import read_text, write_atomic
+from diffusion_align.io import read_json, write_atomic
 from reward_models.scoring import write_table_atomic
 
 SCORE_PREFIX = "score/"
@@ -171,11 +171,9 @@ def _read_document(json_path: Path) -> dict:
     """The parsed ``results.json``, checked for the keys and types :meth:`EvaluationResults.save` writes."""
     expected = "expected the results.json of `diffalign evaluate`"
     try:
-        document = json.loads(read_text(json_path))
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{json_path}: line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); {expected}"
-        ) from error
+        document = read_json(json_path)
+    except ValueError as error:  # not UTF-8, or not JSON: the message names the file and line
+        raise ValueError(f"{error}; {expected}") from error
     if not isinstance(document, dict):
         raise ValueError(f"{json_path}: a JSON {type(document).__name__}; {expected} (a JSON object)")
     if document.get("format") != RESULTS_FORMAT:

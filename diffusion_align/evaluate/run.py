@@ -46,7 +46,7 @@ from diffusion_align.evaluate.sampling import (
 )
 from diffusion_align.evaluate.scoring import as_rewards, score_results
 from diffusion_align.evaluate.stats import StatsSettings
-from diffusion_align.io import prompts_fingerprint, write_text_atomic
+from diffusion_align.io import prompts_fingerprint, read_json, write_text_atomic
 from reward_models.base import RewardModel
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,9 @@ def saved_samples(model_dir: Path, made: dict[str, Any]) -> dict[tuple[int, int]
         write_text_atomic(settings_path, json.dumps(made, indent=1, sort_keys=True, default=str))
         return {}
     try:
-        recorded = json.loads(settings_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{settings_path}: damaged ({error}); delete {model_dir} to sample this model again") from error
+        recorded = read_json(settings_path)
+    except ValueError as error:  # names the file
+        raise ValueError(f"{error}: damaged; delete {model_dir} to sample this model again") from error
     current = json.loads(json.dumps(made, default=str))  # tuples as lists, as they were recorded
     if recorded != current:
         differing = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))

@@ -15,15 +15,10 @@ A file that cannot be read as its suffix says (not UTF-8 text, a malformed CSV, 
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from diffusion_align.io import read_text
+from diffusion_align.io import read_csv, read_parquet, read_parquet_schema, read_text
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -56,24 +51,17 @@ def read_text_prompts(path: Path) -> list[str]:
 
 
 def _read_csv_column(path: Path, column: str) -> list:
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    try:
-        names = reader.fieldnames or []
-        if column not in names:
-            raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
-        return [row[column] for row in reader]
-    except csv.Error as error:
-        raise ValueError(f"{path}: line {reader.reader.line_num}: {error}; expected a CSV file with a header row") from error
+    names, rows = read_csv(path)
+    if column not in names:
+        raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
+    return [row[column] for row in rows]
 
 
 def _read_parquet_column(path: Path, column: str) -> list:
-    try:
-        names = pq.read_schema(path).names
-        if column not in names:
-            raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
-        return pq.read_table(path, columns=[column]).column(column).to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+    names = read_parquet_schema(path).names
+    if column not in names:
+        raise KeyError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
+    return read_parquet(path, [column]).column(column).to_pylist()
 
 
 def read_column_prompts(path: Path, column: str) -> list[str]:
