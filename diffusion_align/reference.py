@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from diffusion_align.adapters.base import DiffusionAdapter, adapters_disabled, cast_frozen
 
@@ -125,7 +126,8 @@ class EmaReference(FrozenReference):
         if self.num_updates % self.every:
             return
         ref_params = list(self.model.parameters())
-        policy_params = [p.detach() for p in policy.parameters()]
+        # a sharded (FSDP2) policy's parameters are gathered whole, as the reference copy is (every process calls this)
+        policy_params = [p.full_tensor() if isinstance(p, DTensor) else p.detach() for p in policy.parameters()]
         if len(policy_params) != len(ref_params):
             raise ValueError(
                 f"EmaReference: the policy has {len(policy_params)} parameter tensors, the reference "

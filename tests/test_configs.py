@@ -326,9 +326,12 @@ def test_accelerate_configs_are_accelerate_launch_configs():
     from accelerate.commands.config.config_args import load_config_from_file
 
     files = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
-    assert [p.name for p in files] == ["multi_gpu.yaml"]
-    config = load_config_from_file(str(files[0]))
-    assert (config.distributed_type, config.num_machines, config.use_cpu) == ("MULTI_GPU", 1, False)
+    assert [p.name for p in files] == ["fsdp.yaml", "multi_gpu.yaml"]
+    ddp = load_config_from_file(str(CONF_DIR / "accelerate" / "multi_gpu.yaml"))
+    assert (ddp.distributed_type, ddp.num_machines, ddp.use_cpu) == ("MULTI_GPU", 1, False)
+    fsdp = load_config_from_file(str(CONF_DIR / "accelerate" / "fsdp.yaml"))
+    assert (fsdp.distributed_type, fsdp.num_machines, fsdp.use_cpu) == ("FSDP", 1, False)
+    assert fsdp.fsdp_config["fsdp_version"] == 2  # the only FSDP diffalign train accepts
 
 
 def test_sweep_methods_lists_offline_pairwise_methods():

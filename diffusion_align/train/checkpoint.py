@@ -27,6 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffusion_align.train.sharding import copy_whole_into, whole_trainable
+
 log = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
@@ -47,11 +49,6 @@ class LoopState:
     skipped_nonfinite: int = 0
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (LoRA layers, or every weight in a full fine-tune), contiguous CPU copies."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint(
     root: str | Path,
     state: LoopState,
@@ -60,17 +57,25 @@ def save_checkpoint(
     scheduler,
     extra: dict[str, torch.Tensor] | None = None,
     keep_last: int | None = None,
+    trainable: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write ``root/checkpoint-<step>`` atomically and prune all but the ``keep_last`` newest."""
+    """Write ``root/checkpoint-<step>`` atomically and prune all but the ``keep_last`` newest.
+
+    The trainable parameters (LoRA layers, or every weight of a full fine-tune) and the optimizer state are read from
+    ``model`` and ``optimizer`` unless given (``trainable`` by name, ``optimizer_state`` as ``optimizer.state_dict()``
+    lays it out): a sharded run gathers them on every process first (:mod:`~diffusion_align.train.sharding`).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     remove_hidden_leftovers(root)
     final = root / f"{PREFIX}{state.step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    save_file(trainable_state(model), tmp / "trainable.safetensors", metadata={"optimizer": optimizer_name(optimizer)})
+    trainable = whole_trainable(model) if trainable is None else trainable
+    save_file(trainable, tmp / "trainable.safetensors", metadata={"optimizer": optimizer_name(optimizer)})
     if extra:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, tmp / "extra.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state)))
     for f in tmp.iterdir():
@@ -194,10 +199,10 @@ def read_torch_file(file: Path) -> dict:
         raise CheckpointError(f"{file}: cannot be read ({exc})") from exc
 
 
-def restore_state(file: Path, into, saved: dict) -> None:
-    """``into.load_state_dict(saved)``, errors naming the file."""
+def restore_state(file: Path, into, saved: dict, load=None) -> None:
+    """``into.load_state_dict(saved)`` (or ``load(saved)``), errors naming the file."""
     try:
-        into.load_state_dict(saved)
+        (into.load_state_dict if load is None else load)(saved)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{file} does not fit this run's {type(into).__name__} ({exc}): was it saved with "
                               "another trainer.optimizer, lr_scheduler or set of trainable parameters?") from exc
@@ -220,9 +225,13 @@ def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, load_optimizer=None
 ) -> tuple[LoopState, dict[str, torch.Tensor]]:
     """Restore ``model``'s trainable parameters, optimizer and scheduler; return the loop state and extra tensors.
+
+    The files hold whole tensors; a sharded model keeps its own shards of them, and ``load_optimizer`` (called with
+    the ``optimizer.state_dict()``-layout state; default ``optimizer.load_state_dict``) does the same for the
+    optimizer (:func:`~diffusion_align.train.sharding.load_optimizer_state`).
 
     Validates the checkpoint first (:func:`validate_checkpoint`), and the trainable parameter names and shapes
     against the model's (a checkpoint from another model or LoRA rank is refused with the mismatching names).
@@ -239,8 +248,8 @@ def load_checkpoint(
     scheduler_state = read_torch_file(path / "scheduler.pt")
     with torch.no_grad():  # every check passed: only now is anything of the run changed
         for name, value in saved.items():
-            params[name].copy_(value)
-    restore_state(path / "optimizer.pt", optimizer, optimizer_state)
+            copy_whole_into(params[name], value)
+    restore_state(path / "optimizer.pt", optimizer, optimizer_state, load=load_optimizer)
     restore_state(path / "scheduler.pt", scheduler, scheduler_state)
     extra_file = path / "extra.safetensors"
     return state, (load_file(extra_file) if extra_file.is_file() else {})

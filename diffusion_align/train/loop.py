@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +39,17 @@ from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
 from diffusion_align.train.options import check_trainer_config
+from diffusion_align.train.sharding import (
+    check_engine,
+    copy_whole_into,
+    is_sharded,
+    load_optimizer_state,
+    optimizer_state,
+    reshard,
+    unsharded_copy,
+    whole_tensors,
+    whole_trainable,
+)
 from diffusion_align.train.signals import StopSignals, TrainingInterrupted
 from diffusion_align.train.step import StepInputs, preference_step
 from diffusion_align.train.steplevel import OnlineInputs, step_level_step
@@ -108,6 +119,8 @@ def run(cfg: DictConfig) -> Path:
         num_training_steps=trainer.max_steps * accelerator.num_processes,
     )
     policy, optimizer, loader, scheduler = accelerator.prepare(adapter.denoiser, optimizer, loader, scheduler)
+    if is_sharded(accelerator):  # FSDP2 shards in place: the trainable parameters are now DTensors
+        params = [p for p in adapter.denoiser.parameters() if p.requires_grad]
     ema = EMAModel(params, decay=trainer.ema.decay) if trainer.ema.enabled else None
     r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, dataset, ema,
             out_dir)
@@ -117,7 +130,7 @@ def run(cfg: DictConfig) -> Path:
     with StopSignals() as stop:
         signum = train(r, stop)
         accelerator.wait_for_everyone()
-        if signum is None and accelerator.is_main_process:
+        if signum is None:
             save_final(r)
     accelerator.end_training()
     if signum is not None:
@@ -133,7 +146,10 @@ def resume(r: Run) -> None:
     path = resolve_checkpoint(r.out_dir / "checkpoints", r.cfg.trainer.resume_from_checkpoint)
     if path is None:
         return
-    r.state, extra = load_checkpoint(path, r.adapter.denoiser, r.optimizer, r.scheduler)
+    denoiser = r.adapter.denoiser
+    r.state, extra = load_checkpoint(
+        path, denoiser, r.optimizer, r.scheduler,
+        load_optimizer=lambda state: load_optimizer_state(r.accelerator, denoiser, r.optimizer, state))
     r.reference.load_state_tensors({k: v for k, v in extra.items() if k.startswith("reference.")})
     if r.ema is not None:
         load_ema_tensors(r.ema, {k: v for k, v in extra.items() if k.startswith("ema.")}, path)
@@ -154,7 +170,7 @@ def load_ema_tensors(ema: EMAModel, tensors: dict[str, torch.Tensor], path: Path
                          f"{len(ema.shadow_params)}: was it saved with trainer.ema.enabled=true and the same model?")
     with torch.no_grad():
         for i, shadow in enumerate(ema.shadow_params):
-            shadow.copy_(tensors[f"ema.{i}"])
+            copy_whole_into(shadow, tensors[f"ema.{i}"])
     ema.optimization_step = int(tensors["ema.optimization_step"])
 
 
@@ -357,8 +373,12 @@ def after_step(r: Run, averager: MetricAverager, progress) -> None:
         accelerator.log(logs, step=step)
         r.last_logs = logs
     validation = trainer.validation
-    if validation.every and validation.prompts and step % validation.every == 0 and accelerator.is_main_process:
-        run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step)
+    if validation.every and validation.prompts and step % validation.every == 0:
+        if is_sharded(accelerator):  # every process takes part in the sharded forwards; the main one writes
+            run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step, write=accelerator.is_main_process)
+            reshard(r.adapter.denoiser)
+        elif accelerator.is_main_process:
+            run_validation(r.cfg, accelerator, r.adapter, r.out_dir, step)
     if trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
         save_loop_checkpoint(r)
 
@@ -368,22 +388,41 @@ def checkpoint_dir(r: Run) -> Path:
 
 
 def save_loop_checkpoint(r: Run) -> None:
-    """Checkpoint the current step (main process; the others only note it)."""
-    if r.accelerator.is_main_process:
-        extra = {**r.reference.state_tensors(), **ema_tensors(r.ema)}
-        save_checkpoint(r.out_dir / "checkpoints", r.state, r.adapter.denoiser, r.optimizer, r.scheduler,
-                        extra=extra, keep_last=r.cfg.trainer.checkpoints_keep)
+    """Checkpoint the current step (written by the main process; under FSDP every process first takes part in
+    gathering the shards into whole tensors, so the files are those of an unsharded run)."""
+    accelerator, denoiser = r.accelerator, r.adapter.denoiser
+    extra = {**r.reference.state_tensors(), **ema_tensors(r.ema)}
+    gathered = {}
+    if is_sharded(accelerator):
+        main = accelerator.is_main_process
+        gathered = {"trainable": whole_trainable(denoiser, keep=main),
+                    "optimizer_state": optimizer_state(accelerator, denoiser, r.optimizer)}
+        extra = whole_tensors(extra, keep=main)
+    if accelerator.is_main_process:
+        save_checkpoint(r.out_dir / "checkpoints", r.state, denoiser, r.optimizer, r.scheduler,
+                        extra=extra, keep_last=r.cfg.trainer.checkpoints_keep, **gathered)
     r.checkpointed_step = r.state.step
 
 
 def save_final(r: Run) -> None:
     """LoRA weights (diffusers' loader format) or the whole pipeline, a model card, and final validation grids.
 
-    With ``trainer.ema.enabled`` the EMA weights are copied into the model first: they are what is saved.
+    Called on every process; the main one writes. With ``trainer.ema.enabled`` the EMA weights are copied into the
+    model first: they are what is saved. Under FSDP the shards are first gathered into a plain copy of the denoiser
+    on the main process, which then takes the sharded one's place in the pipeline: the files and the validation
+    samples are those of an unsharded run.
     """
     cfg, adapter, out_dir = r.cfg, r.adapter, r.out_dir
+    sharded = is_sharded(r.accelerator)
+    if not sharded and not r.accelerator.is_main_process:
+        return
     if r.ema is not None:
         r.ema.copy_to(r.params)
+    if sharded:
+        copy = unsharded_copy(r.accelerator, adapter.denoiser)
+        if copy is None:
+            return
+        use_denoiser(adapter, copy)
     if cfg.model.finetune.mode == "lora":
         save_lora(adapter.pipeline, adapter.denoiser, adapter.lora_layers_kwarg, out_dir)
     else:
@@ -397,6 +436,13 @@ def save_final(r: Run) -> None:
     log.info("trained %d steps; weights and model card in %s", r.state.step, card.parent)
 
 
+def use_denoiser(adapter, denoiser: torch.nn.Module) -> None:
+    """Make ``denoiser`` the adapter's and its pipeline's network (in place of the one it replaces)."""
+    name = next(k for k, v in adapter.pipeline.components.items() if v is adapter.denoiser)
+    adapter.pipeline.register_modules(**{name: denoiser})
+    adapter.denoiser = denoiser
+
+
 def write_metrics(r: Run) -> Path:
     """``metrics.json``: steps done, wall time and the last logged averages (a sweep summary's row reads it)."""
     metrics = {"step": r.state.step, "wall_time_s": round(time.time() - r.started, 3),
@@ -404,27 +450,19 @@ def write_metrics(r: Run) -> Path:
     return write_text_atomic(r.out_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
 
 
-SHARDED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
-
-
 def check_distributed_launch(accelerator: Accelerator) -> None:
     """Refuse launches that would silently train the wrong thing.
 
     * ``WORLD_SIZE`` > 1 but accelerate set up one process: on a machine without GPUs ``accelerate launch`` /
       ``torchrun`` start independent copies unless ``ACCELERATE_USE_CPU=true`` selects gloo.
-    * Sharded engines (FSDP, DeepSpeed, Megatron): checkpoints and final weights are written from rank 0's
-      parameters and optimizer state, which these engines shard; use DDP (``conf/accelerate/multi_gpu.yaml``).
+    * Engines other than DDP and FSDP2 (:func:`~diffusion_align.train.sharding.check_engine`).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
             f"launched as {world} processes (WORLD_SIZE={world}) but accelerate started no process group: without "
             "GPUs set ACCELERATE_USE_CPU=true for gloo DDP, or launch one process")
-    if accelerator.distributed_type in SHARDED_TYPES:
-        raise RuntimeError(
-            f"accelerate distributed_type {accelerator.distributed_type.value} is not supported by diffalign train: "
-            "its checkpoints and final weights are saved from rank 0 and would miss the other ranks' shards; "
-            "use DDP (accelerate launch --config_file conf/accelerate/multi_gpu.yaml)")
+    check_engine(accelerator)
 
 
 def save_pipeline_atomically(pipeline, directory: Path) -> None:

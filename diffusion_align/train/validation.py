@@ -51,8 +51,12 @@ def log_to_trackers(accelerator, samples: np.ndarray, tag: str, step: int) -> No
 
 
 @torch.no_grad()
-def run_validation(cfg, accelerator, adapter, out_dir: Path, step: int, base: bool = False) -> Path:
-    """Sample the validation prompts with the policy (or, ``base=True``, with the LoRA adapters disabled)."""
+def run_validation(cfg, accelerator, adapter, out_dir: Path, step: int, base: bool = False,
+                   write: bool = True) -> Path | None:
+    """Sample the validation prompts with the policy (or, ``base=True``, with the LoRA adapters disabled).
+
+    ``write=False``: sample only (a sharded run's other processes take part in the forwards), log and save nothing.
+    """
     validation = cfg.trainer.validation
     denoiser = adapter.denoiser
     was_training = denoiser.training
@@ -61,6 +65,8 @@ def run_validation(cfg, accelerator, adapter, out_dir: Path, step: int, base: bo
     with context:
         samples = sample_grid(adapter, validation, cfg.model.resolution, accelerator.device)
     denoiser.train(was_training)
+    if not write:
+        return None
     tag = "validation/base" if base else "validation/policy"
     log_to_trackers(accelerator, samples, tag, step)
     name = "base.png" if base else f"step-{step:06d}.png"

@@ -17,10 +17,10 @@ from importlib.resources import files
 from types import SimpleNamespace
 
 import pytest
-import torch
 from accelerate.utils import DistributedType
 from ports import free_port
 from safetensors.torch import load_file
+from same_weights import ATOL, assert_same_weights, lora_b_change
 
 from diffusion_align.train.loop import check_distributed_launch
 
@@ -35,11 +35,9 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train,
            "--main_process_port", str(free_port()), "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
     assert done.returncode == 0, done.stderr[-4000:]
-    a = load_file(single / "pytorch_lora_weights.safetensors")
-    b = load_file(ddp / "pytorch_lora_weights.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    expected = load_file(single / "pytorch_lora_weights.safetensors")
+    assert_same_weights(expected, load_file(ddp / "pytorch_lora_weights.safetensors"))
+    assert lora_b_change(expected) > 20 * ATOL
 
 
 def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
@@ -48,10 +46,3 @@ def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=true"):
         check_distributed_launch(alone)
-
-
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_sharded_engines_are_refused_before_training(monkeypatch, kind):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match=f"{kind.value}.*use DDP"):
-        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=kind))

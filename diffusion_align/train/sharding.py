@@ -1,0 +1,169 @@
+"""Training under a sharded engine (FSDP2 through accelerate): whole tensors in, whole tensors out.
+
+Under FSDP2 (``conf/accelerate/fsdp.yaml``) every parameter of the denoiser is a ``DTensor`` of which each process
+holds a shard, and so are its gradients, optimizer states and an EMA of the weights. The run reads and writes the
+same files as an unsharded one (checkpoints, LoRA weights, a pipeline), so a checkpoint resumes under either engine
+and any number of processes:
+
+* :func:`whole` / :func:`whole_trainable` gather shards into whole CPU tensors (a collective: every process calls it);
+* :func:`optimizer_state` / :func:`load_optimizer_state` go through torch's distributed state-dict API
+  (``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` with whole tensors) and convert to and from the
+  index-keyed layout of ``optimizer.state_dict()`` that unsharded checkpoints hold;
+* :func:`copy_whole_into` writes a whole tensor into a (possibly sharded) parameter: each process keeps its shard.
+
+Without a sharded engine every function is the plain operation on ordinary tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+REFUSED_ENGINES = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_engine(accelerator: Accelerator) -> None:
+    """FSDP2 and DDP train; FSDP1, DeepSpeed and Megatron-LM are refused before anything loads.
+
+    FSDP1 flattens parameters (``use_orig_params`` aside), which LoRA's frozen/trainable mix and the reference's
+    adapter switching do not survive; DeepSpeed and Megatron own the optimizer and the checkpoint format.
+    """
+    kind = accelerator.distributed_type
+    if kind in REFUSED_ENGINES:
+        raise RuntimeError(
+            f"accelerate distributed_type {kind.value} is not supported by diffalign train: use FSDP2 "
+            "(accelerate launch --config_file conf/accelerate/fsdp.yaml) or DDP (conf/accelerate/multi_gpu.yaml)")
+    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise RuntimeError(
+            f"FSDP version {accelerator.state.fsdp_plugin.fsdp_version} is not supported by diffalign train: set "
+            "fsdp_version: 2 in the accelerate config (as conf/accelerate/fsdp.yaml does), or FSDP_VERSION=2 in the "
+            "environment of processes started without accelerate launch (SLURM tasks)")
+
+
+def whole(tensor: Tensor, keep: bool = True) -> Tensor | None:
+    """A contiguous CPU copy of the whole tensor (gathered from every process's shard when it is a ``DTensor``).
+
+    ``keep=False``: take part in the gathering but keep no copy (returns ``None``), for processes that write nothing.
+    """
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu").contiguous() if keep else None
+
+
+def whole_tensors(tensors: dict[str, Tensor], keep: bool = True) -> dict[str, Tensor]:
+    """:func:`whole` of each value, one at a time (a sharded model is never whole on the device at once)."""
+    gathered = {k: whole(v, keep) for k, v in tensors.items()}
+    return gathered if keep else {}
+
+
+def whole_trainable(model: nn.Module, keep: bool = True) -> dict[str, Tensor]:
+    """The parameters that train, by name, as whole CPU tensors."""
+    return whole_tensors({n: p for n, p in model.named_parameters() if p.requires_grad}, keep)
+
+
+def unsharded_copy(accelerator: Accelerator, denoiser: nn.Module) -> nn.Module | None:
+    """The main process's plain (unsharded) copy of a sharded ``denoiser`` on the run's device: same class, config,
+    LoRA adapters, weights and dtypes, for saving and sampling; ``None`` on the other processes (all must call it)."""
+    main = accelerator.is_main_process
+    # whole tensors gathered one at a time, kept by the main process only; buffers (never sharded) are cloned, so
+    # the copy shares no storage with the sharded model
+    state = {k: whole(v, main) if isinstance(v, DTensor) or not main else whole(v).clone()
+             for k, v in denoiser.state_dict().items()}
+    if not main:
+        return None
+    trains = {n for n, p in denoiser.named_parameters() if p.requires_grad}
+    copy = type(denoiser).from_config(denoiser.config)
+    for name, config in getattr(denoiser, "peft_config", {}).items():
+        copy.add_adapter(config, adapter_name=name)
+    copy.load_state_dict(state, strict=True, assign=True)  # assign: the gathered tensors, in their dtypes
+    for name, param in copy.named_parameters():
+        param.requires_grad_(name in trains)
+    return copy.to(accelerator.device).eval()
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the whole parameters a sharded model gathered for a forward pass with no backward after it (sampling).
+
+    FSDP2 keeps the root module's parameters whole after its forward, since a backward usually follows; until they
+    are resharded the module's parameters are not the sharded ones the optimizer holds.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def copy_whole_into(param: Tensor, value: Tensor) -> None:
+    """``param.copy_(value)`` where ``value`` is the whole tensor; a sharded ``param`` takes its own shard of it."""
+    value = value.to(device=param.device, dtype=param.dtype)
+    if isinstance(param, DTensor):
+        # every process holds the whole value (read from the same file): cut the local shard, no communication
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(value)
+
+
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters in ``named_parameters`` order: the optimizer's parameter order."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()``: index-keyed, whole tensors (gathered under FSDP2: every process calls it; the
+    states are kept by the first process only, the others get ``{}``)."""
+    if not is_sharded(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, inner_optimizer(optimizer),
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return index_keyed(by_name, trainable_names(model)) if by_name else {}
+
+
+def load_optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict) -> None:
+    """The inverse of :func:`optimizer_state`: each process keeps its shards of the whole states."""
+    if not is_sharded(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    by_name = name_keyed(state, trainable_names(model))
+    set_optimizer_state_dict(model, inner_optimizer(optimizer), by_name,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def index_keyed(state: dict, names: list[str]) -> dict:
+    """A name-keyed optimizer state (torch's distributed state-dict API) in ``optimizer.state_dict()``'s layout:
+    parameters numbered in the order of ``names``."""
+    index = {name: i for i, name in enumerate(names)}
+    missing = sorted({n for g in state["param_groups"] for n in g["params"]} - set(index))
+    if missing:
+        raise ValueError(f"optimizer state names parameters that do not train: {missing[:5]}")
+    return {
+        "state": {index[n]: s for n, s in state["state"].items()},
+        "param_groups": [{**g, "params": sorted(index[n] for n in g["params"])} for g in state["param_groups"]],
+    }
+
+
+def name_keyed(state: dict, names: list[str]) -> dict:
+    """The inverse of :func:`index_keyed`."""
+    try:
+        return {
+            "state": {names[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+        }
+    except (IndexError, KeyError, TypeError) as exc:
+        raise ValueError(f"optimizer state does not fit the {len(names)} trainable parameters ({exc!r})") from exc

@@ -1,0 +1,132 @@
+"""FSDP2 through accelerate: 2 CPU processes (gloo) with sharded weights, gradients and optimizer states end with
+the parameters of 1 unsharded process on the same global batch, and their checkpoints resume under either engine.
+
+accelerate enables FSDP only in its multi-GPU branch, so the processes are started through ``fsdp_on_cpu.py``
+(beside this file), which takes that step on gloo; everything else is the shipped ``conf/accelerate/fsdp.yaml`` and
+the unchanged ``diffalign train``. As in the DDP test, noise and timesteps are seeded per dataset row, so the runs
+see the same randomness.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+from diffusers import UNet2DConditionModel
+from ports import free_port
+from safetensors.torch import load_file
+from same_weights import ATOL, assert_same_weights, largest_change, lora_b_change
+
+from diffusion_align.train.loop import check_distributed_launch
+from diffusion_align.train.sharding import index_keyed, name_keyed
+
+LAUNCHER = Path(__file__).with_name("fsdp_on_cpu.py")
+
+
+def launch_fsdp(out_dir: Path, *overrides: str) -> Path:
+    config = files("diffusion_align.conf") / "accelerate" / "fsdp.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           "--main_process_port", str(free_port()), str(LAUNCHER), "train", "debug=tiny", *overrides,
+           f"hydra.run.dir={out_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out_dir
+
+
+def unet_weights(run: Path) -> dict[str, torch.Tensor]:
+    return UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet").state_dict()
+
+
+def copy_checkpoint(run: Path, step: int, into: Path) -> None:
+    shutil.copytree(run / "checkpoints" / f"checkpoint-{step}", into / "checkpoints" / f"checkpoint-{step}")
+
+
+def test_fsdp_lora_two_processes_equal_one_process(run_train, tiny_pairs, tmp_path):
+    """2 processes x 1 pair x 2 accumulated micro-batches against 1 process x 4 pairs."""
+    common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
+              "trainer.max_grad_norm=0"]
+    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
+    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=1",
+                          "trainer.gradient_accumulation_steps=2")
+    expected = load_file(single / "pytorch_lora_weights.safetensors")
+    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
+    assert lora_b_change(expected) > 20 * ATOL
+
+
+def test_fsdp_lora_on_a_transformer_family_equals_one_process(run_train, tiny_pairs, tmp_path):
+    """SD3's MMDiT (flow matching): each JointTransformerBlock is an FSDP unit."""
+    common = ["model=tiny_sd3", f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=2", "trainer.optimizer.lr=1e-4",
+              "trainer.max_grad_norm=0"]
+    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
+    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=2")
+    expected = load_file(single / "pytorch_lora_weights.safetensors")
+    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
+    assert lora_b_change(expected) > 20 * ATOL
+
+
+def test_fsdp_full_finetune_trains_checkpoints_and_resumes_like_one_process(run_train, tiny_pairs, tmp_path):
+    """Full fine-tune with a moving (EMA) reference copy, an EMA of the weights, clipping and validation samples:
+    the sharded run's pipeline equals the unsharded one's; its checkpoints (gathered whole) resume one process, and
+    a sharded run resumes from them too."""
+    common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
+              "trainer.max_grad_norm=1.0", "model.finetune.mode=full", "reference=ema", "trainer.ema.enabled=true",
+              "trainer.ema.decay=0.9", "trainer.checkpoint_every=1", "trainer.checkpoints_keep=3"]
+    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
+    expected = unet_weights(single)
+    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=2", "trainer.validation.every=2",
+                          "trainer.validation.prompts=['a red circle']", "trainer.validation.num_inference_steps=2")
+    assert_same_weights(expected, unet_weights(sharded))
+    assert (sharded / "validation" / "step-000002.png").is_file()
+    at_step_1 = load_file(sharded / "checkpoints" / "checkpoint-1" / "trainable.safetensors")
+    assert largest_change(expected, at_step_1) > 10 * ATOL  # steps 2 and 3 moved the weights past the tolerance
+    assert_same_weights(load_file(single / "checkpoints" / "checkpoint-2" / "trainable.safetensors"),
+                load_file(sharded / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+
+    unsharded_resume = tmp_path / "resumed-single"
+    copy_checkpoint(sharded, 2, unsharded_resume)
+    assert_same_weights(expected, unet_weights(run_train(unsharded_resume, *common, "data.loader.batch_size=4")))
+
+    sharded_resume = tmp_path / "resumed-fsdp"
+    copy_checkpoint(sharded, 1, sharded_resume)
+    assert_same_weights(expected, unet_weights(launch_fsdp(sharded_resume, *common, "data.loader.batch_size=2")))
+
+
+def test_optimizer_state_layouts_convert_both_ways():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    model[0].bias.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    names = ["0.weight", "1.weight", "1.bias"]
+    indexed = optimizer.state_dict()
+    by_name = name_keyed(indexed, names)
+    assert sorted(by_name["state"]) == sorted(names)
+    assert by_name["param_groups"][0]["params"] == names
+    back = index_keyed(by_name, names)
+    assert back["param_groups"] == indexed["param_groups"]
+    assert back["state"].keys() == indexed["state"].keys()
+    with pytest.raises(ValueError, match="do not train.*0.bias"):
+        index_keyed({"state": {}, "param_groups": [{"params": ["0.bias"]}]}, names)
+    with pytest.raises(ValueError, match="does not fit the 3 trainable parameters"):
+        name_keyed({"state": {7: {}}, "param_groups": [{"params": [7]}]}, names)
+
+
+@pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM])
+def test_deepspeed_and_megatron_are_refused_before_training(kind):
+    with pytest.raises(RuntimeError, match=f"{kind.value}.*conf/accelerate/fsdp.yaml"):
+        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=kind))
+
+
+def test_fsdp_version_1_is_refused_before_training():
+    state = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))
+    with pytest.raises(RuntimeError, match="FSDP version 1.*fsdp_version: 2"):
+        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP, state=state))
