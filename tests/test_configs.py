@@ -326,12 +326,14 @@ def test_accelerate_configs_are_accelerate_launch_configs():
     from accelerate.commands.config.config_args import load_config_from_file
 
     files = sorted((CONF_DIR / "accelerate").glob("*.yaml"))
-    assert [p.name for p in files] == ["fsdp.yaml", "multi_gpu.yaml"]
+    assert [p.name for p in files] == ["deepspeed_zero2.yaml", "fsdp.yaml", "multi_gpu.yaml"]
     ddp = load_config_from_file(str(CONF_DIR / "accelerate" / "multi_gpu.yaml"))
     assert (ddp.distributed_type, ddp.num_machines, ddp.use_cpu) == ("MULTI_GPU", 1, False)
     fsdp = load_config_from_file(str(CONF_DIR / "accelerate" / "fsdp.yaml"))
     assert (fsdp.distributed_type, fsdp.num_machines, fsdp.use_cpu) == ("FSDP", 1, False)
     assert fsdp.fsdp_config["fsdp_version"] == 2  # the only FSDP diffalign train accepts
+    zero = load_config_from_file(str(CONF_DIR / "accelerate" / "deepspeed_zero2.yaml"))
+    assert (zero.distributed_type, zero.deepspeed_config["zero_stage"]) == ("DEEPSPEED", 2)  # ZeRO-3 is refused
 
 
 def test_sweep_methods_lists_offline_pairwise_methods():

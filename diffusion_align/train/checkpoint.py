@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from accelerate.optimizer import AcceleratedOptimizer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -59,18 +58,21 @@ def save_checkpoint(
     keep_last: int | None = None,
     trainable: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict | None = None,
+    staging: Path | None = None,
 ) -> Path:
     """Write ``root/checkpoint-<step>`` atomically and prune all but the ``keep_last`` newest.
 
     The trainable parameters (LoRA layers, or every weight of a full fine-tune) and the optimizer state are read from
     ``model`` and ``optimizer`` unless given (``trainable`` by name, ``optimizer_state`` as ``optimizer.state_dict()``
     lays it out): a sharded run gathers them on every process first (:mod:`~diffusion_align.train.sharding`).
+    ``staging``: the temporary directory (from :func:`staging_dir`) into which other processes already wrote their
+    part (DeepSpeed's partitions); it becomes the checkpoint with the rest.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    remove_hidden_leftovers(root)
+    remove_hidden_leftovers(root, keep=staging)
     final = root / f"{PREFIX}{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp = staging_dir(root, state.step) if staging is None else staging
     trainable = whole_trainable(model) if trainable is None else trainable
     save_file(trainable, tmp / "trainable.safetensors", metadata={"optimizer": optimizer_name(optimizer)})
     if extra:
@@ -78,9 +80,10 @@ def save_checkpoint(
     torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     replaced = hide(final) if final.exists() else None
     os.replace(tmp, final)
     if replaced is not None:
@@ -98,10 +101,17 @@ def hide(path: Path) -> Path:
     return hidden
 
 
-def remove_hidden_leftovers(root: Path) -> None:
-    """Delete the hidden ``.checkpoint-*`` directories a killed save or prune left in ``root``."""
+def staging_dir(root: str | Path, step: int) -> Path:
+    """A new hidden temporary directory in ``root`` for the checkpoint of ``step`` (renamed into place when done)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{PREFIX}{step}.", dir=root))
+
+
+def remove_hidden_leftovers(root: Path, keep: Path | None = None) -> None:
+    """Delete the hidden ``.checkpoint-*`` directories a killed save or prune left in ``root`` (except ``keep``)."""
     for leftover in root.glob(f".{PREFIX}*"):
-        if leftover.is_dir():
+        if leftover.is_dir() and leftover != keep:
             shutil.rmtree(leftover)
 
 
@@ -209,8 +219,11 @@ def restore_state(file: Path, into, saved: dict, load=None) -> None:
 
 
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
-    """The optimizer's class (inside accelerate's wrapper), recorded in each checkpoint."""
-    inner = optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+    """The optimizer's class (inside accelerate's wrapper and DeepSpeed's ZeRO optimizer), recorded in each
+    checkpoint."""
+    inner = optimizer
+    while (nested := getattr(inner, "optimizer", None)) is not None and nested is not inner:
+        inner = nested
     return type(inner).__name__
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +32,13 @@ from diffusion_align.config import ConfigError, build
 from diffusion_align.io import write_text_atomic
 from diffusion_align.noising import make_noising
 from diffusion_align.reference import FrozenReference, NoReference
-from diffusion_align.train.checkpoint import LoopState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffusion_align.train.checkpoint import (
+    LoopState,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    staging_dir,
+)
 from diffusion_align.train.compile import compile_denoiser, compile_mode
 from diffusion_align.train.data import make_loader
 from diffusion_align.train.metrics import MetricAverager
@@ -40,12 +46,19 @@ from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
 from diffusion_align.train.options import check_trainer_config
 from diffusion_align.train.sharding import (
+    autocast,
     check_engine,
+    configure_engine,
     copy_whole_into,
+    deepspeed_marker,
+    is_deepspeed,
     is_sharded,
+    load_deepspeed_state,
     load_optimizer_state,
     optimizer_state,
     reshard,
+    save_deepspeed_state,
+    steps_inside_backward,
     unsharded_copy,
     whole_tensors,
     whole_trainable,
@@ -100,6 +113,7 @@ def run(cfg: DictConfig) -> Path:
         project_dir=str(out_dir),
     )
     check_distributed_launch(accelerator)
+    configure_engine(accelerator, trainer.max_grad_norm, trainer.gradient_accumulation_steps)
     set_seed(cfg.seed)
     make_optimizer = build(trainer.optimizer)  # first: a missing optimizer package fails before any model loads
     adapter = build(cfg.model.adapter)
@@ -146,10 +160,14 @@ def resume(r: Run) -> None:
     path = resolve_checkpoint(r.out_dir / "checkpoints", r.cfg.trainer.resume_from_checkpoint)
     if path is None:
         return
-    denoiser = r.adapter.denoiser
-    r.state, extra = load_checkpoint(
-        path, denoiser, r.optimizer, r.scheduler,
-        load_optimizer=lambda state: load_optimizer_state(r.accelerator, denoiser, r.optimizer, state))
+    denoiser, accelerator = r.adapter.denoiser, r.accelerator
+    if is_deepspeed(accelerator):  # its own partitioned files (every process reads its own)
+        def load_optimizer(state):
+            load_deepspeed_state(accelerator, r.policy, path, state)
+    else:
+        def load_optimizer(state):
+            load_optimizer_state(accelerator, denoiser, r.optimizer, state)
+    r.state, extra = load_checkpoint(path, denoiser, r.optimizer, r.scheduler, load_optimizer=load_optimizer)
     r.reference.load_state_tensors({k: v for k, v in extra.items() if k.startswith("reference.")})
     if r.ema is not None:
         load_ema_tensors(r.ema, {k: v for k, v in extra.items() if k.startswith("ema.")}, path)
@@ -339,12 +357,12 @@ def optimization_step(r: Run, batch):
 
     A non-finite loss in any micro-batch of an optimizer step, or a non-finite gradient norm at its end, skips the
     whole step (the accumulated gradients are dropped, nothing is updated) or stops, as ``trainer.on_nonfinite``
-    says.
+    says; under DeepSpeed, which steps inside backward, it stops.
     """
     trainer, accelerator = r.cfg.trainer, r.accelerator
     with accelerator.accumulate(r.policy):
         science = step_level_step if isinstance(r.method, OnlineInputs) else preference_step
-        with accelerator.autocast():
+        with autocast(accelerator):
             out = science(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
                           policy=r.policy)
         if trainer.check_finite and r.step_fault is None and not bool(torch.isfinite(out.loss)):
@@ -353,6 +371,10 @@ def optimization_step(r: Run, batch):
             accelerator.backward(out.loss)
         if accelerator.sync_gradients and r.step_fault is None:
             r.step_fault = clip_and_check_gradients(trainer, accelerator, r.policy, r.params)
+        if r.step_fault is not None and steps_inside_backward(accelerator):
+            raise FloatingPointError(
+                f"non-finite {r.step_fault} at step {r.state.step + 1}: under DeepSpeed the optimizer step is taken "
+                "inside backward and cannot be dropped, so the run stops; the last checkpoint is intact")
         if r.step_fault is None:
             r.optimizer.step()  # accelerate makes it a no-op until the last micro-batch of the step
             r.scheduler.step()
@@ -393,7 +415,13 @@ def save_loop_checkpoint(r: Run) -> None:
     accelerator, denoiser = r.accelerator, r.adapter.denoiser
     extra = {**r.reference.state_tensors(), **ema_tensors(r.ema)}
     gathered = {}
-    if is_sharded(accelerator):
+    if is_deepspeed(accelerator):  # every process writes its optimizer partition into one staging directory
+        staging = [staging_dir(r.out_dir / "checkpoints", r.state.step) if accelerator.is_main_process else None]
+        broadcast_object_list(staging)
+        save_deepspeed_state(r.policy, staging[0])
+        accelerator.wait_for_everyone()
+        gathered = {"optimizer_state": deepspeed_marker(accelerator), "staging": staging[0]}
+    elif is_sharded(accelerator):
         main = accelerator.is_main_process
         gathered = {"trainable": whole_trainable(denoiser, keep=main),
                     "optimizer_state": optimizer_state(accelerator, denoiser, r.optimizer)}

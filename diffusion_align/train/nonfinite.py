@@ -9,6 +9,7 @@ model card) and warns; ``stop`` raises :class:`FloatingPointError`, leaving the 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from accelerate import Accelerator
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffusion_align.train.checkpoint import LoopState
+from diffusion_align.train.sharding import engine_grad_norm, steps_inside_backward
 from diffusion_align.types import LossOutput
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ def clip_and_check_gradients(trainer: DictConfig, accelerator: Accelerator, poli
 
     With ``trainer.check_finite`` the norm (before clipping) is tested: NaN or inf in any gradient makes it
     non-finite, even when the loss was finite (an overflow in backward). Under fp16 the gradient scaler owns
-    overflows (it skips the step and lowers the scale, as it must), so no norm is tested there.
+    overflows (it skips the step and lowers the scale, as it must), so no norm is tested there. Under DeepSpeed
+    the engine clips (to ``trainer.max_grad_norm``, set in its config) and steps inside backward; the norm it
+    computed is tested afterwards (the loop then stops: the step cannot be dropped).
 
     Args:
         trainer: the ``trainer`` config (``max_grad_norm``, ``check_finite``).
@@ -39,6 +43,11 @@ def clip_and_check_gradients(trainer: DictConfig, accelerator: Accelerator, poli
         ``None`` for finite gradients (or no test), else e.g. ``"gradient norm nan"``.
     """
     test = trainer.check_finite and accelerator.scaler is None
+    if steps_inside_backward(accelerator):  # DeepSpeed clipped (to trainer.max_grad_norm) and stepped in backward
+        norm = engine_grad_norm(policy) if test else None
+        if norm is None:
+            return None
+        return None if math.isfinite(float(norm)) else f"gradient norm {float(norm)}"
     if trainer.max_grad_norm:
         norm = accelerator.clip_grad_norm_(policy.parameters(), trainer.max_grad_norm)
     elif test:

@@ -1,6 +1,6 @@
-"""Training under a sharded engine (FSDP2 through accelerate): whole tensors in, whole tensors out.
+"""Training under engines that partition state over processes: FSDP2 and DeepSpeed ZeRO-1/2, through accelerate.
 
-Under FSDP2 (``conf/accelerate/fsdp.yaml``) every parameter of the denoiser is a ``DTensor`` of which each process
+**FSDP2** (``conf/accelerate/fsdp.yaml``): every parameter of the denoiser is a ``DTensor`` of which each process
 holds a shard, and so are its gradients, optimizer states and an EMA of the weights. The run reads and writes the
 same files as an unsharded one (checkpoints, LoRA weights, a pipeline), so a checkpoint resumes under either engine
 and any number of processes:
@@ -11,10 +11,19 @@ and any number of processes:
   index-keyed layout of ``optimizer.state_dict()`` that unsharded checkpoints hold;
 * :func:`copy_whole_into` writes a whole tensor into a (possibly sharded) parameter: each process keeps its shard.
 
-Without a sharded engine every function is the plain operation on ordinary tensors.
+**DeepSpeed ZeRO-1/2** (``conf/accelerate/deepspeed_zero2.yaml``): the weights stay whole on every process; the
+optimizer's states (and, at stage 2, the gradients) are partitioned and owned by DeepSpeed's engine, which takes the
+optimizer step inside ``accelerator.backward``. Its clipping and accumulation are set from the trainer's config
+(:func:`configure_engine`); checkpoints keep DeepSpeed's own partitioned optimizer files
+(:func:`save_deepspeed_state` / :func:`load_deepspeed_state`), resumable under DeepSpeed with the same number of
+processes. ZeRO-3 partitions the weights too and is refused (use FSDP2).
+
+Without such an engine every function is the plain operation on ordinary tensors.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -23,29 +32,101 @@ from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-REFUSED_ENGINES = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+DEEPSPEED_DIR = "deepspeed"  # a checkpoint's sub-directory of DeepSpeed's own files
+DEEPSPEED_TAG = "state"
 
 
 def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
 def check_engine(accelerator: Accelerator) -> None:
-    """FSDP2 and DDP train; FSDP1, DeepSpeed and Megatron-LM are refused before anything loads.
+    """DDP, FSDP2 and DeepSpeed ZeRO-0/1/2 train; FSDP1, ZeRO-3 and Megatron-LM are refused before anything loads.
 
     FSDP1 flattens parameters (``use_orig_params`` aside), which LoRA's frozen/trainable mix and the reference's
-    adapter switching do not survive; DeepSpeed and Megatron own the optimizer and the checkpoint format.
+    adapter switching do not survive; ZeRO-3 partitions the weights outside FSDP's DTensors (FSDP2 does that job
+    here); Megatron-LM owns the model's layout.
     """
     kind = accelerator.distributed_type
-    if kind in REFUSED_ENGINES:
+    if kind == DistributedType.MEGATRON_LM:
         raise RuntimeError(
-            f"accelerate distributed_type {kind.value} is not supported by diffalign train: use FSDP2 "
+            "accelerate distributed_type MEGATRON_LM is not supported by diffalign train: use FSDP2 "
             "(accelerate launch --config_file conf/accelerate/fsdp.yaml) or DDP (conf/accelerate/multi_gpu.yaml)")
     if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise RuntimeError(
             f"FSDP version {accelerator.state.fsdp_plugin.fsdp_version} is not supported by diffalign train: set "
             "fsdp_version: 2 in the accelerate config (as conf/accelerate/fsdp.yaml does), or FSDP_VERSION=2 in the "
             "environment of processes started without accelerate launch (SLURM tasks)")
+    if kind == DistributedType.DEEPSPEED and zero_stage(accelerator) > 2:
+        raise RuntimeError(
+            f"DeepSpeed ZeRO stage {zero_stage(accelerator)} is not supported by diffalign train (it partitions the "
+            "weights): use zero_stage 2 (conf/accelerate/deepspeed_zero2.yaml) or FSDP2 (conf/accelerate/fsdp.yaml), "
+            "which shards the weights and gathers them for checkpoints")
+
+
+def configure_engine(accelerator: Accelerator, max_grad_norm: float, accumulation_steps: int) -> None:
+    """Before ``prepare``: DeepSpeed clips and accumulates by its own config, set here from the trainer's (accelerate
+    would otherwise fill in clipping at 1.0 and keep the accelerate config's accumulation)."""
+    if is_deepspeed(accelerator):
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config["gradient_clipping"] = float(max_grad_norm)
+        config["gradient_accumulation_steps"] = int(accumulation_steps)
+
+
+def autocast(accelerator: Accelerator):
+    """The forward pass's mixed-precision context: accelerate's, except under DeepSpeed, which casts the trained
+    module itself to bf16/fp16 and leaves autocast off (a diffusers denoiser then meets float32 latents and
+    timestep embeddings): there torch's autocast in that dtype, as accelerate's is elsewhere."""
+    precision = accelerator.state.mixed_precision
+    if is_deepspeed(accelerator) and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(accelerator.device.type, dtype=dtype)
+    return accelerator.autocast()
+
+
+def steps_inside_backward(accelerator: Accelerator) -> bool:
+    """Whether the optimizer step is taken inside ``accelerator.backward`` (DeepSpeed), so it cannot be dropped."""
+    return is_deepspeed(accelerator)
+
+
+def engine_grad_norm(policy: nn.Module) -> Tensor | float | None:
+    """The global gradient norm DeepSpeed computed at its last step (before clipping)."""
+    return policy.get_global_grad_norm()
+
+
+def save_deepspeed_state(policy: nn.Module, directory: Path) -> None:
+    """DeepSpeed's partitioned optimizer (and scheduler) state and the trainable weights, into ``directory``
+    (every process writes its own partition: all must call it with the same directory)."""
+    policy.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=False,
+                           exclude_frozen_parameters=True)
+
+
+def deepspeed_marker(accelerator: Accelerator) -> dict:
+    """What a DeepSpeed checkpoint's ``optimizer.pt`` holds in place of an optimizer state."""
+    return {"engine": "deepspeed", "processes": accelerator.num_processes, "zero_stage": zero_stage(accelerator)}
+
+
+def load_deepspeed_state(accelerator: Accelerator, policy: nn.Module, directory: Path, marker: dict) -> None:
+    """Restore :func:`save_deepspeed_state`'s files, after checking the checkpoint was written by DeepSpeed with this
+    run's number of processes (its partitions are per process)."""
+    if not isinstance(marker, dict) or marker.get("engine") != "deepspeed":
+        raise ValueError("it was written without DeepSpeed: its optimizer state does not fit DeepSpeed's partitioned "
+                         "optimizer; resume it under DDP, FSDP or one process, or start a new output_dir")
+    if marker["processes"] != accelerator.num_processes:
+        raise ValueError(f"it was written by DeepSpeed with {marker['processes']} processes, this run has "
+                         f"{accelerator.num_processes}: DeepSpeed's optimizer partitions are per process")
+    path, _ = policy.load_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_module_strict=False,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise ValueError(f"DeepSpeed found no checkpoint in {directory / DEEPSPEED_DIR}")
 
 
 def whole(tensor: Tensor, keep: bool = True) -> Tensor | None:
@@ -136,6 +217,9 @@ def load_optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: 
                          state: dict) -> None:
     """The inverse of :func:`optimizer_state`: each process keeps its shards of the whole states."""
     if not is_sharded(accelerator):
+        if isinstance(state, dict) and state.get("engine") == "deepspeed":
+            raise ValueError(f"it was written by DeepSpeed (ZeRO stage {state['zero_stage']}, {state['processes']} "
+                             "processes), whose optimizer files only DeepSpeed reads: resume it under DeepSpeed")
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

@@ -1,7 +1,7 @@
 """FSDP2 through accelerate: 2 CPU processes (gloo) with sharded weights, gradients and optimizer states end with
 the parameters of 1 unsharded process on the same global batch, and their checkpoints resume under either engine.
 
-accelerate enables FSDP only in its multi-GPU branch, so the processes are started through ``fsdp_on_cpu.py``
+accelerate enables FSDP only in its multi-GPU branch, so the processes are started through ``engines_on_cpu.py``
 (beside this file), which takes that step on gloo; everything else is the shipped ``conf/accelerate/fsdp.yaml`` and
 the unchanged ``diffalign train``. As in the DDP test, noise and timesteps are seeded per dataset row, so the runs
 see the same randomness.
@@ -9,45 +9,23 @@ see the same randomness.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from importlib.resources import files
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from diffusers import UNet2DConditionModel
-from ports import free_port
+from engine_runs import copy_checkpoint, launch, unet_weights
 from safetensors.torch import load_file
 from same_weights import ATOL, assert_same_weights, largest_change, lora_b_change
 
 from diffusion_align.train.loop import check_distributed_launch
 from diffusion_align.train.sharding import index_keyed, name_keyed
 
-LAUNCHER = Path(__file__).with_name("fsdp_on_cpu.py")
-
 
 def launch_fsdp(out_dir: Path, *overrides: str) -> Path:
-    config = files("diffusion_align.conf") / "accelerate" / "fsdp.yaml"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
-           "--main_process_port", str(free_port()), str(LAUNCHER), "train", "debug=tiny", *overrides,
-           f"hydra.run.dir={out_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch("fsdp", out_dir, *overrides)
     return out_dir
-
-
-def unet_weights(run: Path) -> dict[str, torch.Tensor]:
-    return UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet").state_dict()
-
-
-def copy_checkpoint(run: Path, step: int, into: Path) -> None:
-    shutil.copytree(run / "checkpoints" / f"checkpoint-{step}", into / "checkpoints" / f"checkpoint-{step}")
 
 
 def test_fsdp_lora_two_processes_equal_one_process(run_train, tiny_pairs, tmp_path):
@@ -120,10 +98,9 @@ def test_optimizer_state_layouts_convert_both_ways():
         name_keyed({"state": {7: {}}, "param_groups": [{"params": [7]}]}, names)
 
 
-@pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM])
-def test_deepspeed_and_megatron_are_refused_before_training(kind):
-    with pytest.raises(RuntimeError, match=f"{kind.value}.*conf/accelerate/fsdp.yaml"):
-        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=kind))
+def test_megatron_is_refused_before_training():
+    with pytest.raises(RuntimeError, match="MEGATRON_LM.*conf/accelerate/fsdp.yaml"):
+        check_distributed_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MEGATRON_LM))
 
 
 def test_fsdp_version_1_is_refused_before_training():

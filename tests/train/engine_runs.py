@@ -1,0 +1,42 @@
+"""Start ``diffalign train`` as 2 CPU processes (gloo) under one of the shipped accelerate configs.
+
+FSDP and DeepSpeed go through ``engines_on_cpu.py`` (beside this file), which takes the step accelerate takes only
+with GPUs; everything else is ``accelerate launch`` with the shipped ``conf/accelerate/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from ports import free_port
+
+LAUNCHER = Path(__file__).with_name("engines_on_cpu.py")
+
+
+def launch(config: str, out_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file conf/accelerate/<config>.yaml --num_processes 2 ... train debug=tiny``."""
+    config_file = files("diffusion_align.conf") / "accelerate" / f"{config}.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "--num_processes",
+           "2", "--main_process_port", str(free_port()), str(LAUNCHER), "train", "debug=tiny", *overrides,
+           f"hydra.run.dir={out_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def unet_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The fully fine-tuned UNet a run saved (``pipeline/unet``)."""
+    return UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet").state_dict()
+
+
+def copy_checkpoint(run: Path, step: int, into: Path) -> None:
+    shutil.copytree(run / "checkpoints" / f"checkpoint-{step}", into / "checkpoints" / f"checkpoint-{step}")
