@@ -126,13 +126,18 @@ class EmaReference(FrozenReference):
         if self.num_updates % self.every:
             return
         ref_params = list(self.model.parameters())
-        # a sharded (FSDP2) policy's parameters are gathered whole, as the reference copy is (every process calls this)
-        policy_params = [p.full_tensor() if isinstance(p, DTensor) else p.detach() for p in policy.parameters()]
+        policy_params = [p.detach() for p in policy.parameters()]
         if len(policy_params) != len(ref_params):
             raise ValueError(
                 f"EmaReference: the policy has {len(policy_params)} parameter tensors, the reference "
                 f"{len(ref_params)}; an EMA reference needs a full fine-tune (use lora_disabled or frozen_copy with LoRA)"
             )
+        if any(isinstance(p, DTensor) for p in policy_params):
+            # a sharded (FSDP2) policy: each tensor gathered whole in turn (every process calls this) and updated on
+            # its own, which the per-tensor rules of diffusion_align.reference_update allow
+            for ref, pol, init in zip(ref_params, policy_params, self.initial, strict=True):
+                self.update_fn([ref], [pol.full_tensor() if isinstance(pol, DTensor) else pol], [init])
+            return
         self.update_fn(ref_params, policy_params, self.initial)
 
     def state_tensors(self) -> dict[str, Tensor]:

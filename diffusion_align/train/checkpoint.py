@@ -202,9 +202,12 @@ def read_state(file: Path) -> LoopState:
 
 
 def read_torch_file(file: Path) -> dict:
-    """A ``torch.save`` file read with ``weights_only=True`` (no code runs); damage raises :class:`CheckpointError`."""
+    """A ``torch.save`` file read with ``weights_only=True`` (no code runs); damage raises :class:`CheckpointError`.
+
+    Memory-mapped: every process of a sharded run reads the whole file, and only the pages it copies from are loaded.
+    """
     try:
-        return torch.load(file, weights_only=True, map_location="cpu")
+        return torch.load(file, weights_only=True, map_location="cpu", mmap=True)
     except Exception as exc:  # zipfile, pickle and torch each report a damaged or hostile archive their own way
         raise CheckpointError(f"{file}: cannot be read ({exc})") from exc
 

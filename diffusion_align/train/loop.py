@@ -48,9 +48,11 @@ from diffusion_align.train.options import check_trainer_config
 from diffusion_align.train.sharding import (
     autocast,
     check_engine,
+    check_optimizer,
     configure_engine,
     copy_whole_into,
     deepspeed_marker,
+    engine_skipped_step,
     is_deepspeed,
     is_sharded,
     load_deepspeed_state,
@@ -113,6 +115,7 @@ def run(cfg: DictConfig) -> Path:
         project_dir=str(out_dir),
     )
     check_distributed_launch(accelerator)
+    check_optimizer(accelerator, str(trainer.optimizer.get("_target_", "")))
     configure_engine(accelerator, trainer.max_grad_norm, trainer.gradient_accumulation_steps)
     set_seed(cfg.seed)
     make_optimizer = build(trainer.optimizer)  # first: a missing optimizer package fails before any model loads
@@ -135,7 +138,9 @@ def run(cfg: DictConfig) -> Path:
     policy, optimizer, loader, scheduler = accelerator.prepare(adapter.denoiser, optimizer, loader, scheduler)
     if is_sharded(accelerator):  # FSDP2 shards in place: the trainable parameters are now DTensors
         params = [p for p in adapter.denoiser.parameters() if p.requires_grad]
-    ema = EMAModel(params, decay=trainer.ema.decay) if trainer.ema.enabled else None
+    ema = None
+    if trainer.ema.enabled:  # float32 averages, also of weights an engine keeps in bf16 (DeepSpeed)
+        ema = EMAModel([p if p.dtype == torch.float32 else p.detach().float() for p in params], decay=trainer.ema.decay)
     r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, dataset, ema,
             out_dir)
     resume(r)
@@ -357,7 +362,8 @@ def optimization_step(r: Run, batch):
 
     A non-finite loss in any micro-batch of an optimizer step, or a non-finite gradient norm at its end, skips the
     whole step (the accumulated gradients are dropped, nothing is updated) or stops, as ``trainer.on_nonfinite``
-    says; under DeepSpeed, which steps inside backward, it stops.
+    says; under DeepSpeed, which steps inside backward, it stops (except a step DeepSpeed's fp16 loss scaler dropped
+    itself: counted as skipped). The loss is tested on every process together, so all skip or stop together.
     """
     trainer, accelerator = r.cfg.trainer, r.accelerator
     with accelerator.accumulate(r.policy):
@@ -365,13 +371,14 @@ def optimization_step(r: Run, batch):
         with autocast(accelerator):
             out = science(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
                           policy=r.policy)
-        if trainer.check_finite and r.step_fault is None and not bool(torch.isfinite(out.loss)):
-            r.step_fault = f"loss {float(out.loss.detach())}"
+        if trainer.check_finite and r.step_fault is None and not all_finite(accelerator, out.loss):
+            r.step_fault = f"loss {float(out.loss.detach())}"  # (finite here: non-finite on another process)
         if r.step_fault is None:
             accelerator.backward(out.loss)
         if accelerator.sync_gradients and r.step_fault is None:
             r.step_fault = clip_and_check_gradients(trainer, accelerator, r.policy, r.params)
-        if r.step_fault is not None and steps_inside_backward(accelerator):
+        if r.step_fault is not None and steps_inside_backward(accelerator) and not engine_skipped_step(
+                accelerator, r.policy):
             raise FloatingPointError(
                 f"non-finite {r.step_fault} at step {r.state.step + 1}: under DeepSpeed the optimizer step is taken "
                 "inside backward and cannot be dropped, so the run stops; the last checkpoint is intact")
@@ -383,6 +390,15 @@ def optimization_step(r: Run, batch):
         fault, r.step_fault = r.step_fault, None
         handle_nonfinite(trainer, r.state, out, fault)
     return out
+
+
+def all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process: all must skip (or stop) together, since a process that skipped
+    backward would leave the others waiting in its gradient all-reduce (DDP) or reduce-scatter (FSDP)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return not bool(bad.item())
 
 
 def after_step(r: Run, averager: MetricAverager, progress) -> None:

@@ -72,6 +72,16 @@ def check_engine(accelerator: Accelerator) -> None:
             "which shards the weights and gathers them for checkpoints")
 
 
+def check_optimizer(accelerator: Accelerator, target: str) -> None:
+    """Under FSDP2 or DeepSpeed only ``torch.optim`` optimizers: transformers' Adafactor fails on FSDP's DTensors and
+    under ZeRO sees flat partitions instead of the weights' shapes (it would stop factoring its second moments and
+    clip per partition); bitsandbytes' 8-bit Adam likewise quantizes by blocks of what it is handed."""
+    engine = accelerator.distributed_type
+    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED) and not target.startswith("torch.optim."):
+        raise RuntimeError(f"trainer.optimizer {target} is not supported under {engine.value}: use "
+                           "trainer/optimizer=adamw (torch.optim.AdamW), or DDP (conf/accelerate/multi_gpu.yaml)")
+
+
 def configure_engine(accelerator: Accelerator, max_grad_norm: float, accumulation_steps: int) -> None:
     """Before ``prepare``: DeepSpeed clips and accumulates by its own config, set here from the trainer's (accelerate
     would otherwise fill in clipping at 1.0 and keep the accelerate config's accumulation)."""
@@ -100,6 +110,11 @@ def steps_inside_backward(accelerator: Accelerator) -> bool:
 def engine_grad_norm(policy: nn.Module) -> Tensor | float | None:
     """The global gradient norm DeepSpeed computed at its last step (before clipping)."""
     return policy.get_global_grad_norm()
+
+
+def engine_skipped_step(accelerator: Accelerator, policy: nn.Module) -> bool:
+    """Whether DeepSpeed dropped its last step itself (its fp16 loss scaler met an overflow and lowered the scale)."""
+    return is_deepspeed(accelerator) and bool(getattr(getattr(policy, "optimizer", None), "overflow", False))
 
 
 def save_deepspeed_state(policy: nn.Module, directory: Path) -> None:
@@ -171,10 +186,11 @@ def unsharded_copy(accelerator: Accelerator, denoiser: nn.Module) -> nn.Module |
 
 
 def reshard(model: nn.Module) -> None:
-    """Free the whole parameters a sharded model gathered for a forward pass with no backward after it (sampling).
+    """Reshard every FSDP2 unit after forward passes with no backward (sampling under ``no_grad``).
 
-    FSDP2 keeps the root module's parameters whole after its forward, since a backward usually follows; until they
-    are resharded the module's parameters are not the sharded ones the optimizer holds.
+    Seen on gloo CPU processes (torch 2.14): after validation sampling the model's registered parameters were not the
+    sharded ones the optimizer holds (the optimizer's state dict then fails to name them); resharding restores them.
+    Harmless where the units already resharded.
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -196,9 +212,14 @@ def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters in ``named_parameters`` order: the optimizer's parameter order."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+def optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters, in its own order (parameter groups in turn): the order in which
+    ``optimizer.state_dict()`` numbers them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    try:
+        return [names[id(p)] for group in inner_optimizer(optimizer).param_groups for p in group["params"]]
+    except KeyError as exc:
+        raise ValueError("the optimizer holds a parameter that is not the model's") from exc
 
 
 def optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -210,7 +231,7 @@ def optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: torch
 
     by_name = get_optimizer_state_dict(model, inner_optimizer(optimizer),
                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return index_keyed(by_name, trainable_names(model)) if by_name else {}
+    return index_keyed(by_name, optimizer_names(model, optimizer)) if by_name else {}
 
 
 def load_optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -224,21 +245,21 @@ def load_optimizer_state(accelerator: Accelerator, model: nn.Module, optimizer: 
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    by_name = name_keyed(state, trainable_names(model))
+    by_name = name_keyed(state, optimizer_names(model, optimizer))
     set_optimizer_state_dict(model, inner_optimizer(optimizer), by_name,
                              options=StateDictOptions(full_state_dict=True))
 
 
 def index_keyed(state: dict, names: list[str]) -> dict:
     """A name-keyed optimizer state (torch's distributed state-dict API) in ``optimizer.state_dict()``'s layout:
-    parameters numbered in the order of ``names``."""
+    parameters numbered in the order of ``names`` (:func:`optimizer_names`)."""
     index = {name: i for i, name in enumerate(names)}
     missing = sorted({n for g in state["param_groups"] for n in g["params"]} - set(index))
     if missing:
         raise ValueError(f"optimizer state names parameters that do not train: {missing[:5]}")
     return {
         "state": {index[n]: s for n, s in state["state"].items()},
-        "param_groups": [{**g, "params": sorted(index[n] for n in g["params"])} for g in state["param_groups"]],
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
     }
 
 

@@ -277,7 +277,8 @@ def step_level_step(
     """Sample and keep step-level pairs for the batch's prompts, then the step-DPO loss on them.
 
     Only the prompts of ``batch`` are used (any ``conf/data`` dataset serves as a prompt source). A batch whose
-    steps all fall under the threshold gives a zero loss with no gradient (``pairs/kept`` 0 in the metrics).
+    steps all fall under the threshold gives a zero loss and zero gradients (``pairs/kept`` 0 in the metrics), through
+    one policy forward, so that several processes still meet in backward.
     """
     device = adapter.device
     generators = row_generators(row_seeds(batch.index, epoch, seed), device)
@@ -291,7 +292,11 @@ def step_level_step(
              "pairs/kept_fraction": torch.tensor(len(pairs) / max(pairs.steps_scored, 1)),
              "pairs/probability_gap": gaps.mean()}
     if len(pairs) == 0:
-        zero = torch.zeros((), device=device, requires_grad=True)
+        # a zero that still goes through the policy: with several processes every one must run forward and backward
+        # (DDP's gradient all-reduce, FSDP's reduce-scatter), whether or not its prompts kept a pair
+        levels, _ = online.kernel.levels(online.kernel.points[0], 1, device)
+        probe = torch.zeros((1, *latent_shape(adapter)), device=device)
+        zero = 0.0 * adapter.predict(probe, levels, {k: v[:1] for k, v in cond.items()}, denoiser=policy).float().sum()
         return LossOutput(loss=zero, losses=zero.reshape(1), metrics=metric_dict(**stats))
     pair_cond = {name: v[pairs.row] for name, v in cond.items()}
     pair_uncond = {name: v[pairs.row] for name, v in uncond.items()}

@@ -39,7 +39,8 @@ def test_deepspeed_full_finetune_checkpoints_and_resumes_like_one_process(run_tr
     """Full fine-tune with a frozen reference copy, an EMA of the weights and clipping: the pipeline equals one
     process's; a run resumed from its step-1 checkpoint ends the same; checkpoints do not cross engines."""
     common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
-              "trainer.max_grad_norm=1.0", "model.finetune.mode=full", "reference=frozen_copy",
+              "trainer.max_grad_norm=1.0", "trainer.lr_scheduler.warmup_steps=2",
+              "model.finetune.mode=full", "reference=frozen_copy",
               "trainer.ema.enabled=true", "trainer.ema.decay=0.9", "trainer.checkpoint_every=1",
               "trainer.checkpoints_keep=3"]
     single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")

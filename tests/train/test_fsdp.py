@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from same_weights import ATOL, assert_same_weights, largest_change, lora_b_change
 
 from diffusion_align.train.loop import check_distributed_launch
-from diffusion_align.train.sharding import index_keyed, name_keyed
+from diffusion_align.train.sharding import check_optimizer, index_keyed, name_keyed
 
 
 def launch_fsdp(out_dir: Path, *overrides: str) -> Path:
@@ -53,10 +53,11 @@ def test_fsdp_lora_on_a_transformer_family_equals_one_process(run_train, tiny_pa
 
 def test_fsdp_full_finetune_trains_checkpoints_and_resumes_like_one_process(run_train, tiny_pairs, tmp_path):
     """Full fine-tune with a moving (EMA) reference copy, an EMA of the weights, clipping and validation samples:
-    the sharded run's pipeline equals the unsharded one's; its checkpoints (gathered whole) resume one process, and
-    a sharded run resumes from them too."""
+    the sharded run's pipeline equals the unsharded one's; its checkpoints (gathered whole) resume one process and a
+    sharded run, and a sharded run resumes one process's checkpoint."""
     common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
-              "trainer.max_grad_norm=1.0", "model.finetune.mode=full", "reference=ema", "trainer.ema.enabled=true",
+              "trainer.max_grad_norm=1.0", "trainer.lr_scheduler.warmup_steps=2",
+              "model.finetune.mode=full", "reference=ema", "trainer.ema.enabled=true",
               "trainer.ema.decay=0.9", "trainer.checkpoint_every=1", "trainer.checkpoints_keep=3"]
     single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
     expected = unet_weights(single)
@@ -77,6 +78,10 @@ def test_fsdp_full_finetune_trains_checkpoints_and_resumes_like_one_process(run_
     copy_checkpoint(sharded, 1, sharded_resume)
     assert_same_weights(expected, unet_weights(launch_fsdp(sharded_resume, *common, "data.loader.batch_size=2")))
 
+    from_unsharded = tmp_path / "fsdp-from-one-process"
+    copy_checkpoint(single, 2, from_unsharded)
+    assert_same_weights(expected, unet_weights(launch_fsdp(from_unsharded, *common, "data.loader.batch_size=2")))
+
 
 def test_optimizer_state_layouts_convert_both_ways():
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
@@ -96,6 +101,14 @@ def test_optimizer_state_layouts_convert_both_ways():
         index_keyed({"state": {}, "param_groups": [{"params": ["0.bias"]}]}, names)
     with pytest.raises(ValueError, match="does not fit the 3 trainable parameters"):
         name_keyed({"state": {7: {}}, "param_groups": [{"params": [7]}]}, names)
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_optimizers_outside_torch_optim_are_refused_under_sharding_engines(kind):
+    with pytest.raises(RuntimeError, match=f"Adafactor is not supported under {kind.value}.*adamw"):
+        check_optimizer(SimpleNamespace(distributed_type=kind), "transformers.optimization.Adafactor")
+    check_optimizer(SimpleNamespace(distributed_type=kind), "torch.optim.AdamW")
+    check_optimizer(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), "transformers.optimization.Adafactor")
 
 
 def test_megatron_is_refused_before_training():

@@ -167,6 +167,9 @@ def test_no_kept_pair_gives_a_zero_loss(tiny_sd15_path):
     out = step_level_step(adapter, LoraDisabledReference(adapter), online, batch_of(PROMPTS, [0, 1]), epoch=0, seed=0)
     assert float(out.loss.detach()) == 0.0 and float(out.metrics["pairs/kept"]) == 0.0
     out.loss.backward()  # the loop can still step: nothing to update
+    # ...and every trainable weight took part (zero gradients, not none), so processes of DDP/FSDP meet in backward
+    grads = [p.grad for p in adapter.denoiser.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
 
 
 def test_dynamic_threshold_maps_step_noise_to_its_range(tiny_sd15_path):
