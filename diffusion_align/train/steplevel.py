@@ -264,6 +264,17 @@ def step_logprobs(adapter: DiffusionAdapter, online: OnlineInputs, pairs: StepPa
     return gaussian_logprob(pairs.winner, mean, std), gaussian_logprob(pairs.loser, mean, std)
 
 
+def placeholder_pair(adapter: DiffusionAdapter, online: OnlineInputs, device: torch.device) -> StepPairs:
+    """One pair of zero latents on the first prompt at the first branching step (a step with noise, so its
+    log-probabilities are finite): what a batch with no kept pair trains on, with weight zero."""
+    kernel = online.kernel
+    point = next((p for p in kernel.points if p.index >= online.divert_start_step and kernel.step_std(p) > 0.0),
+                 kernel.points[-1])
+    t, t_prev = kernel.levels(point, 1, device)
+    zeros = torch.zeros((1, *latent_shape(adapter)), device=device)
+    return StepPairs(zeros, t, t_prev, zeros, zeros, torch.zeros(1, dtype=torch.long, device=device))
+
+
 def step_level_step(
     adapter: DiffusionAdapter,
     reference,
@@ -277,8 +288,8 @@ def step_level_step(
     """Sample and keep step-level pairs for the batch's prompts, then the step-DPO loss on them.
 
     Only the prompts of ``batch`` are used (any ``conf/data`` dataset serves as a prompt source). A batch whose
-    steps all fall under the threshold gives a zero loss and zero gradients (``pairs/kept`` 0 in the metrics), through
-    one policy forward, so that several processes still meet in backward.
+    steps all fall under the threshold gives a zero loss and zero gradients (``pairs/kept`` 0 in the metrics) through
+    the same forwards as a kept pair (:func:`placeholder_pair`), so that several processes still run in step.
     """
     device = adapter.device
     generators = row_generators(row_seeds(batch.index, epoch, seed), device)
@@ -291,13 +302,12 @@ def step_level_step(
     stats = {"pairs/kept": torch.tensor(float(len(pairs))),
              "pairs/kept_fraction": torch.tensor(len(pairs) / max(pairs.steps_scored, 1)),
              "pairs/probability_gap": gaps.mean()}
-    if len(pairs) == 0:
-        # a zero that still goes through the policy: with several processes every one must run forward and backward
-        # (DDP's gradient all-reduce, FSDP's reduce-scatter), whether or not its prompts kept a pair
-        levels, _ = online.kernel.levels(online.kernel.points[0], 1, device)
-        probe = torch.zeros((1, *latent_shape(adapter)), device=device)
-        zero = 0.0 * adapter.predict(probe, levels, {k: v[:1] for k, v in cond.items()}, denoiser=policy).float().sum()
-        return LossOutput(loss=zero, losses=zero.reshape(1), metrics=metric_dict(**stats))
+    placeholder = len(pairs) == 0
+    if placeholder:
+        # no pair kept: the same forwards (policy with gradients, then reference) on a placeholder pair, times zero.
+        # With several processes every one must run the same sequence of forwards and a backward, whether or not its
+        # prompts kept a pair: FSDP all-gathers the weights in each forward, DDP all-reduces the gradients in backward
+        pairs = placeholder_pair(adapter, online, device)
     pair_cond = {name: v[pairs.row] for name, v in cond.items()}
     pair_uncond = {name: v[pairs.row] for name, v in uncond.items()}
     logp_w, logp_l = step_logprobs(adapter, online, pairs, pair_cond, pair_uncond,
@@ -305,6 +315,9 @@ def step_level_step(
     with torch.no_grad():
         ref_w, ref_l = step_logprobs(adapter, online, pairs, pair_cond, pair_uncond, reference.predict)
     out = online.loss_fn(logp_w, logp_l, ref_w, ref_l)
+    if placeholder:
+        zero = 0.0 * out.loss
+        return LossOutput(loss=zero, losses=zero.reshape(1), metrics=metric_dict(**stats))
     out.metrics.update(stats)
     out.metrics["timesteps/mean"] = pairs.t.float().mean()
     return out

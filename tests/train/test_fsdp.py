@@ -51,6 +51,23 @@ def test_fsdp_lora_on_a_transformer_family_equals_one_process(run_train, tiny_pa
     assert lora_b_change(expected) > 20 * ATOL
 
 
+def test_fsdp_step_level_spo_equals_one_process(run_train, tiny_pairs, tmp_path):
+    """SPO's online loop under FSDP: each process samples its prompts' branching trajectories (every forward an
+    all-gather of the sharded weights) from the rows' own seeds. With threshold 0 every prompt keeps one pair per
+    branching step, so 2 processes x 1 prompt weigh the pairs as 1 process x 2 prompts does. Adam's eps is raised:
+    at 1e-8 its first step is about lr x sign(gradient), and one LoRA weight whose gradient is ~1e-8 on both sides
+    moved by 8e-5 more on one (float noise of the reductions, magnified); at 1e-4 the largest difference is 4e-7."""
+    common = ["method=spo", "trainer.optimizer.eps=1e-4", "reward@method.online.scorer.reward=shapes_proxy", "method.online.threshold.value=0.0",
+              "method.online.num_steps=4", "method.online.divert_start_step=1", "method.online.candidates=2",
+              f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=2", "trainer.optimizer.lr=1e-3",
+              "trainer.max_grad_norm=0"]
+    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=2")
+    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=1")
+    expected = load_file(single / "pytorch_lora_weights.safetensors")
+    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
+    assert lora_b_change(expected) > 20 * ATOL
+
+
 def test_fsdp_full_finetune_trains_checkpoints_and_resumes_like_one_process(run_train, tiny_pairs, tmp_path):
     """Full fine-tune with a moving (EMA) reference copy, an EMA of the weights, clipping and validation samples:
     the sharded run's pipeline equals the unsharded one's; its checkpoints (gathered whole) resume one process and a

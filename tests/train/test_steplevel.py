@@ -161,15 +161,29 @@ def test_pairs_are_best_and_worst_of_a_step_and_the_threshold_filters(tiny_sd15_
     assert len(none) == 0 and none.steps_scored == 6
 
 
-def test_no_kept_pair_gives_a_zero_loss(tiny_sd15_path):
+def test_no_kept_pair_gives_a_zero_loss_through_the_same_forwards(tiny_sd15_path):
+    """A process whose prompts keep no pair must still run every forward (FSDP all-gathers the weights in each) and a
+    backward over every trainable weight (DDP/FSDP reduce the gradients) that a process with pairs runs."""
     adapter = lora_adapter(SDAdapter, tiny_sd15_path)
-    online = online_inputs(adapter, 1.0, threshold=StaticThreshold(1.0))  # a probability gap is never > 1
-    out = step_level_step(adapter, LoraDisabledReference(adapter), online, batch_of(PROMPTS, [0, 1]), epoch=0, seed=0)
-    assert float(out.loss.detach()) == 0.0 and float(out.metrics["pairs/kept"]) == 0.0
-    out.loss.backward()  # the loop can still step: nothing to update
-    # ...and every trainable weight took part (zero gradients, not none), so processes of DDP/FSDP meet in backward
+    calls = []
+    adapter.denoiser.register_forward_hook(lambda module, args, output: calls.append(torch.is_grad_enabled()))
+
+    def step(threshold):
+        calls.clear()
+        online = online_inputs(adapter, 1.0, threshold=StaticThreshold(threshold))
+        out = step_level_step(adapter, LoraDisabledReference(adapter), online, batch_of(PROMPTS, [0, 1]), epoch=0,
+                              seed=0)
+        return out, list(calls)
+
+    kept, kept_calls = step(0.0)
+    assert float(kept.metrics["pairs/kept"]) > 0
+    none, none_calls = step(1.0)  # a probability gap is never > 1
+    assert float(none.loss.detach()) == 0.0 and float(none.metrics["pairs/kept"]) == 0.0
+    assert none_calls == kept_calls and True in none_calls  # the same forwards, with and without gradients, in order
+    adapter.denoiser.zero_grad(set_to_none=True)
+    none.loss.backward()
     grads = [p.grad for p in adapter.denoiser.parameters() if p.requires_grad]
-    assert grads and all(g is not None and not g.any() for g in grads)
+    assert grads and all(g is not None and not g.any() for g in grads)  # every weight reached, nothing to update
 
 
 def test_dynamic_threshold_maps_step_noise_to_its_range(tiny_sd15_path):
