@@ -53,7 +53,9 @@ def check_engine(accelerator: Accelerator) -> None:
 
     FSDP1 flattens parameters (``use_orig_params`` aside), which LoRA's frozen/trainable mix and the reference's
     adapter switching do not survive; ZeRO-3 partitions the weights outside FSDP's DTensors (FSDP2 does that job
-    here); Megatron-LM owns the model's layout.
+    here), and while it is configured transformers loads every model through ``deepspeed.zero.Init``, partitioned,
+    though only the engine's own module gathers its weights in forward (tried with zero_stage 3 on CPU processes: the
+    CLIP text encoder's first forward met position embeddings of size 0); Megatron-LM owns the model's layout.
     """
     kind = accelerator.distributed_type
     if kind == DistributedType.MEGATRON_LM:
