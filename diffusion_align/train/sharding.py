@@ -26,9 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, init_empty_weights
 from accelerate.optimizer import AcceleratedOptimizer
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, set_module_tensor_to_device
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -178,10 +178,17 @@ def unsharded_copy(accelerator: Accelerator, denoiser: nn.Module) -> nn.Module |
     if not main:
         return None
     trains = {n for n, p in denoiser.named_parameters() if p.requires_grad}
-    copy = type(denoiser).from_config(denoiser.config)
-    for name, config in getattr(denoiser, "peft_config", {}).items():
-        copy.add_adapter(config, adapter_name=name)
+    with init_empty_weights(include_buffers=False):  # parameters on the meta device: no random init of a copy that
+        copy = type(denoiser).from_config(denoiser.config)  # is about to be replaced (seconds and a model's memory
+        for name, config in getattr(denoiser, "peft_config", {}).items():  # at SDXL size); buffers built as usual
+            copy.add_adapter(config, adapter_name=name)
     copy.load_state_dict(state, strict=True, assign=True)  # assign: the gathered tensors, in their dtypes
+    for name, buffer in denoiser.named_buffers():  # non-persistent buffers (rotary tables) are not in the state dict
+        if name not in state:
+            set_module_tensor_to_device(copy, name, "cpu", value=buffer.detach().to("cpu").clone())
+    still_empty = [n for n, t in (*copy.named_parameters(), *copy.named_buffers()) if t.is_meta]
+    if still_empty:
+        raise RuntimeError(f"unsharded copy of {type(denoiser).__name__}: no value for {still_empty[:5]}")
     for name, param in copy.named_parameters():
         param.requires_grad_(name in trains)
     return copy.to(accelerator.device).eval()
