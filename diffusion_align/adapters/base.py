@@ -44,6 +44,7 @@ class DiffusionAdapter(Protocol):
     denoiser: nn.Module
     schedule: NoiseSchedule
     noise_scheduler: object  # the diffusers training scheduler (DDPMScheduler, FlowMatchEulerDiscreteScheduler, ...)
+    kohya_lora: bool  # its LoRA can also be written under kohya's key names (UNets: what UI tools load)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
         """Text conditioning for ``prompts``: name -> ``[N, ...]`` tensors (cacheable, no grad)."""
@@ -72,6 +73,7 @@ class PipelineAdapter:
     """
 
     TEXT_ENCODERS: tuple[str, ...] = ("text_encoder",)
+    kohya_lora: bool = False
     pipeline: object
     denoiser: nn.Module
 

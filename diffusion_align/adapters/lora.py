@@ -6,6 +6,9 @@ under the ``unet.`` / ``transformer.`` prefix, the LoraConfig as metadata): the 
 ``pipe.load_lora_weights(dir)`` reads. A wrapper prefix would make that load a silent no-op (flow_grpo#87); the tests
 load the file into a fresh pipeline and check the output changes.
 
+UNet LoRAs (SD1.5, SDXL) can also be written under kohya's key names (:func:`save_lora_kohya`), the format the
+UI tools load (AUTOMATIC1111, ComfyUI, SD.Next, InvokeAI); diffusers reads it too.
+
 The file is written beside its place and renamed into it (a kill never leaves a truncated one), and
 :func:`check_lora_file` tells, before any loader runs, whether a file fits a network: a LoRA of another
 architecture is refused naming the file and the keys that do not fit, instead of failing deep in peft or loading
@@ -21,13 +24,16 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import cast_training_params
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"  # the same LoRA under kohya's key names (AUTOMATIC1111, ComfyUI, ...)
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 ADAPTABLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -104,6 +110,35 @@ def save_lora(pipeline, denoiser: nn.Module, layers_kwarg: str | None, directory
         os.replace(written, directory / written.name)
     tmp.rmdir()
     return directory / LORA_WEIGHT_NAME
+
+
+def kohya_state_dict(denoiser: nn.Module, prefix: str = "unet") -> dict[str, torch.Tensor]:
+    """The LoRA of a UNet under kohya's key names, the format AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI load:
+    ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` and a scalar ``.alpha`` per layer.
+
+    Keys come from diffusers' ``convert_state_dict_to_kohya``. That converter writes ``alpha = rank`` (a scale of 1),
+    while kohya-style loaders scale by ``alpha / rank``; each layer's alpha is set here from its own peft scaling
+    (``alpha = scaling x rank``), so a LoRA trained with ``lora_alpha`` other than its rank keeps its strength.
+    """
+    kohya = convert_state_dict_to_kohya({f"{prefix}.{k}": v.contiguous() for k, v in lora_state_dict(denoiser).items()})
+    for name, module in denoiser.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.scaling:
+            key = f"lora_{prefix}_{name.replace('.', '_')}.alpha"
+            if key not in kohya:
+                raise KeyError(f"kohya conversion wrote no {key} for LoRA layer {name}")
+            kohya[key] = torch.tensor(float(module.scaling["default"] * module.r["default"]))
+    return kohya
+
+
+def save_lora_kohya(denoiser: nn.Module, directory: str | Path, prefix: str = "unet") -> Path:
+    """Write ``directory/lora_kohya.safetensors`` (:func:`kohya_state_dict`), beside its place and renamed into it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / KOHYA_WEIGHT_NAME
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(kohya_state_dict(denoiser, prefix), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
 
 
 def check_lora_file(file: str | Path, denoiser: nn.Module, prefix: str | None = None) -> int:

@@ -26,6 +26,7 @@ class SDAdapter(PipelineAdapter):
     family = "sd"
     pipeline_class = StableDiffusionPipeline
     lora_layers_kwarg = "unet_lora_layers"
+    kohya_lora = True  # kohya's lora_unet_* names are defined for the UNet (SD1.5, SDXL)
 
     def __init__(self, pipeline: StableDiffusionPipeline, resolution: int) -> None:
         self.pipeline = pipeline

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from diffusion_align.adapters.base import cast_frozen
-from diffusion_align.adapters.lora import add_lora, save_lora
+from diffusion_align.adapters.lora import add_lora, save_lora, save_lora_kohya
 from diffusion_align.config import ConfigError, build
 from diffusion_align.io import write_text_atomic
 from diffusion_align.noising import make_noising
@@ -209,6 +209,9 @@ def make_reference(cfg: DictConfig, adapter):
 def make_trainable(cfg: DictConfig, adapter) -> list[torch.nn.Parameter]:
     """LoRA layers (peft) or every weight of the denoiser, as ``model.finetune.mode`` says."""
     finetune = cfg.model.finetune
+    if finetune.get("kohya_copy", False) and not adapter.kohya_lora:
+        raise ConfigError(f"model.finetune.kohya_copy: kohya's LoRA key names are defined for UNets (SD1.5, SDXL), "
+                          f"not {adapter.family}; set it to false (the diffusers-format file is written either way)")
     if finetune.mode == "lora":
         return add_lora(
             adapter.denoiser,
@@ -449,7 +452,8 @@ def save_loop_checkpoint(r: Run) -> None:
 
 
 def save_final(r: Run) -> None:
-    """LoRA weights (diffusers' loader format) or the whole pipeline, a model card, and final validation grids.
+    """LoRA weights (diffusers' loader format; for UNets also a kohya-format copy) or the whole pipeline, a model
+    card, and final validation grids.
 
     Called on every process; the main one writes. With ``trainer.ema.enabled`` the EMA weights are copied into the
     model first: they are what is saved. Under FSDP the shards are first gathered into a plain copy of the denoiser
@@ -469,6 +473,8 @@ def save_final(r: Run) -> None:
         use_denoiser(adapter, copy)
     if cfg.model.finetune.mode == "lora":
         save_lora(adapter.pipeline, adapter.denoiser, adapter.lora_layers_kwarg, out_dir)
+        if cfg.model.finetune.get("kohya_copy", False):
+            save_lora_kohya(adapter.denoiser, out_dir)
     else:
         save_pipeline_atomically(adapter.pipeline, out_dir / "pipeline")
     card = write_model_card(out_dir, cfg, r.state, adapter)

@@ -41,7 +41,11 @@ def loading_snippet(adapter, cfg: DictConfig, out_dir: Path) -> str:
     if adapter.lora_layers_kwarg is None:
         cls = type(adapter.denoiser)
         return _LOAD_MODEL_LORA.format(module=cls.__module__, cls=cls.__name__, base=base, out=out_dir)
-    return _LOAD_LORA.format(base=base, out=out_dir)
+    snippet = _LOAD_LORA.format(base=base, out=out_dir)
+    if cfg.model.finetune.get("kohya_copy", False):
+        snippet += ("\n\nFor AUTOMATIC1111, ComfyUI, SD.Next or InvokeAI, use `lora_kohya.safetensors` (the same LoRA "
+                    "under kohya's key names, each layer's alpha included).")
+    return snippet
 
 
 def write_model_card(out_dir: Path, cfg: DictConfig, state: LoopState, adapter) -> Path:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from diffusion_align.adapters.lora import KOHYA_WEIGHT_NAME, add_lora, save_lora_kohya
 from diffusion_align.adapters.unet import SDAdapter, SDXLAdapter
 
-from .contract import AdapterContract, betas_alphas_cumprod, ddpm_noisy, velocity
+from .contract import AdapterContract, betas_alphas_cumprod, ddpm_noisy, perturb_lora, private_copy, velocity
 
 IMAGE_KWARGS = {"height": 32, "width": 32, "guidance_scale": 1.0}
 
@@ -48,6 +50,28 @@ class TestSDAdapter(AdapterContract):
         pipeline.scheduler.register_to_config(prediction_type="sample")
         with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
             self.adapter_class(pipeline, resolution=32)
+
+
+    def test_kohya_copy_loads_in_a_stock_pipeline_with_its_alpha(self, adapter, pristine_adapter, model_config,
+                                                                   inputs, tmp_path: Path) -> None:
+        """The kohya-format file (what the UI tools load) predicts exactly as trained when diffusers' own kohya
+        reader loads it, with lora_alpha = 2 x rank (the converter alone would write alpha = rank: half the strength)."""
+        finetune = model_config.finetune
+        add_lora(adapter.denoiser, rank=finetune.rank, alpha=2 * finetune.rank,
+                 target_modules=list(finetune.target_modules), init_lora_weights=finetune.init_lora_weights)
+        perturb_lora(adapter.denoiser)
+        path = save_lora_kohya(adapter.denoiser, tmp_path)
+        assert path == tmp_path / KOHYA_WEIGHT_NAME and not list(tmp_path.glob(".*"))
+        weights = load_file(path)
+        layers = {k.split(".")[0] for k in weights}
+        assert layers and all(k.startswith("lora_unet_") and "." not in k for k in layers)
+        assert set(weights) == {f"{layer}.{part}" for layer in layers
+                                for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+        assert {float(weights[f"{layer}.alpha"]) for layer in layers} == {2.0 * finetune.rank}
+        fresh = private_copy(pristine_adapter)
+        fresh.pipeline.load_lora_weights(tmp_path, weight_name=KOHYA_WEIGHT_NAME)
+        torch.testing.assert_close(self.prediction(fresh, inputs), self.prediction(adapter, inputs))
+        assert float((self.prediction(fresh, inputs) - self.prediction(pristine_adapter, inputs)).abs().max()) > 1e-3
 
 
 class TestSDAdapterVPrediction(TestSDAdapter):

@@ -36,6 +36,20 @@ def test_trained_lora_loads_in_stock_pipeline_and_changes_output(run_train, tiny
     assert pipe.get_list_adapters()["unet"], "load_lora_weights attached no adapter to the UNet"
     after = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(after - before).max() > 1e-4, "the LoRA was silently ignored"
+    # the kohya-format copy (for the UI tools) is the same LoRA: diffusers' kohya reader gives the same images
+    assert "lora_kohya.safetensors" in (out / "README.md").read_text()
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(out, weight_name="lora_kohya.safetensors")
+    kohya = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert abs(kohya - after).max() < 1e-5
+
+
+def test_kohya_copy_is_refused_for_a_transformer_family(run_train, tiny_pairs, tmp_path):
+    from diffusion_align.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kohya_copy.*UNets.*not sd3"):
+        run_train(tmp_path / "run", "model=tiny_sd3", f"data.dataset.paths={tiny_pairs}",
+                  "+model.finetune.kohya_copy=true")
 
 
 def test_full_finetune_saves_a_loadable_pipeline(run_train, tiny_pairs, tmp_path):
