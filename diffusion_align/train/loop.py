@@ -62,6 +62,7 @@ from diffusion_align.train.sharding import (
     save_deepspeed_state,
     steps_inside_backward,
     unsharded_copy,
+    use_master_weights,
     whole_tensors,
     whole_trainable,
 )
@@ -456,12 +457,14 @@ def save_final(r: Run) -> None:
     card, and final validation grids.
 
     Called on every process; the main one writes. With ``trainer.ema.enabled`` the EMA weights are copied into the
-    model first: they are what is saved. Under FSDP the shards are first gathered into a plain copy of the denoiser
+    model first: they are what is saved. Under DeepSpeed with bf16/fp16 the trained weights are first replaced by
+    their float32 masters. Under FSDP the shards are first gathered into a plain copy of the denoiser
     on the main process, which then takes the sharded one's place in the pipeline: the files and the validation
     samples are those of an unsharded run.
     """
     cfg, adapter, out_dir = r.cfg, r.adapter, r.out_dir
     sharded = is_sharded(r.accelerator)
+    use_master_weights(r.accelerator, r.params)  # DeepSpeed bf16/fp16: the float32 masters (every process gathers)
     if not sharded and not r.accelerator.is_main_process:
         return
     if r.ema is not None:

@@ -119,6 +119,24 @@ def engine_skipped_step(accelerator: Accelerator, policy: nn.Module) -> bool:
     return is_deepspeed(accelerator) and bool(getattr(getattr(policy, "optimizer", None), "overflow", False))
 
 
+def use_master_weights(accelerator: Accelerator, params: list[nn.Parameter]) -> None:
+    """Under DeepSpeed with bf16/fp16 weights: make each trainable parameter its float32 master weight, gathered from
+    the optimizer partitions of every process (all must call), so that the saved LoRA or pipeline holds what the
+    optimizer trained rather than its half-precision copy, as under DDP or FSDP. For the end of training only: the
+    engine's module then holds float32 weights (sampling runs under autocast)."""
+    if not is_deepspeed(accelerator):
+        return
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    for param in params:
+        if param.dtype != torch.float32:
+            master = safe_get_full_fp32_param(param)
+            if master is None:
+                raise RuntimeError(f"DeepSpeed holds no float32 master weight for a {param.dtype} parameter of shape "
+                                   f"{tuple(param.shape)}")
+            param.data = master.detach().to(param.device, torch.float32)
+
+
 def save_deepspeed_state(policy: nn.Module, directory: Path) -> None:
     """DeepSpeed's partitioned optimizer (and scheduler) state and the trainable weights, into ``directory``
     (every process writes its own partition: all must call it with the same directory)."""

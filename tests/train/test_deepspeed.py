@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 from accelerate.utils import DistributedType
 from engine_runs import copy_checkpoint, launch, unet_weights
 from safetensors.torch import load_file
@@ -33,6 +34,25 @@ def test_deepspeed_lora_two_processes_equal_one_process(run_train, tiny_pairs, t
     expected = load_file(single / "pytorch_lora_weights.safetensors")
     assert_same_weights(expected, load_file(tmp_path / "ds" / "pytorch_lora_weights.safetensors"))
     assert lora_b_change(expected) > 20 * ATOL
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_deepspeed_bf16_saves_the_float32_master_weights(mode, tiny_pairs, tmp_path):
+    """With bf16 DeepSpeed trains bf16 copies of the weights and keeps their float32 masters in its optimizer
+    partitions: the saved LoRA / pipeline holds the gathered masters (float32 values no bf16 number equals), as a
+    DDP or FSDP run saves its float32 weights."""
+    overrides = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=2", "trainer.optimizer.lr=1e-3",
+                 "data.loader.batch_size=1", "trainer.mixed_precision=bf16"]
+    if mode == "full":
+        overrides += ["model.finetune.mode=full", "reference=frozen_copy", "trainer.optimizer.lr=1e-4"]
+    launch("deepspeed_zero2", tmp_path / "ds", *overrides)
+    if mode == "lora":
+        trained = [v for k, v in load_file(tmp_path / "ds" / "pytorch_lora_weights.safetensors").items()
+                   if "lora_B" in k]
+    else:
+        trained = list(unet_weights(tmp_path / "ds").values())
+    assert trained and all(v.dtype == torch.float32 for v in trained)
+    assert any(bool((v != v.to(torch.bfloat16).float()).any()) for v in trained)
 
 
 def test_deepspeed_full_finetune_checkpoints_and_resumes_like_one_process(run_train, tiny_pairs, tmp_path):
