@@ -29,6 +29,7 @@ def make_dataset(cfg: DictConfig, adapter):
     as stale). Under several processes it is built by the main process first, the others then read it.
     """
     dataset = build_dataset(cfg)
+    check_unpaired(cfg, dataset)
     report_bad_rows(dataset)
     cache = cfg.data.cache
     if not cache.enabled:
@@ -53,6 +54,19 @@ def build_dataset(cfg: DictConfig):
         if isinstance(error.__cause__, (DataFormatError, FileNotFoundError)):
             raise error.__cause__ from None
         raise
+
+
+def check_unpaired(cfg: DictConfig, dataset) -> None:
+    """A method of ``inputs: unpaired`` (Diffusion-KTO) takes single images with a desirable flag, the others take
+    pairs or lists: a mismatch is refused here, naming the data config to use."""
+    unpaired = isinstance(dataset, UnpairedDataset)
+    if cfg.method.inputs == "unpaired" and not unpaired:
+        raise ConfigError(f"method {cfg.method.name} trains on single images marked desirable or not: use "
+                          "data=unpaired with data.dataset.source.paths=<Pick-a-Pic-format files> (the pairs' winners "
+                          f"desirable, losers not), not the {type(dataset).__name__} of data.dataset")
+    if unpaired and cfg.method.inputs not in ("unpaired", "step"):
+        raise ConfigError(f"data=unpaired gives single images, but method {cfg.method.name} takes "
+                          f"{cfg.method.inputs} inputs: use data=pickapic (or the data config of your format)")
 
 
 def report_bad_rows(dataset) -> None:

@@ -68,3 +68,12 @@ def test_inversion_needs_a_discrete_schedule(run_train, tiny_pairs, tmp_path):
         run_train(tmp_path / "flow", "model=tiny_sd3", "method=smpo", f"data.dataset.paths={tiny_pairs}")
     with pytest.raises(ConfigError, match="method.noising 'sde': expected one of forward, ddim_inversion"):
         run_train(tmp_path / "bad", "method=dpo", "method.noising=sde", f"data.dataset.paths={tiny_pairs}")
+
+
+def test_unpaired_methods_and_data_must_match(run_train, tiny_pairs, tmp_path):
+    from diffusion_align.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method kto trains on single images.*use data=unpaired"):
+        run_train(tmp_path / "kto", "method=kto", f"data.dataset.paths={tiny_pairs}")
+    with pytest.raises(ConfigError, match="data=unpaired gives single images, but method dpo takes pairwise"):
+        run_train(tmp_path / "dpo", "data=unpaired", f"data.dataset.source.paths={tiny_pairs}")
