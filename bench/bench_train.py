@@ -3,7 +3,10 @@
 Each configuration runs in its own process (so peak memory is its own) through the training loop's own building
 blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, speed options (gradient
 checkpointing, ``torch.compile``), method, loader, optimizer. Timing is the median of synchronized steady-state steps
-(forward, reference, backward, optimizer step), after warm-up (compilation happens in the warm-up steps).
+(forward, reference, backward, optimizer step), after warm-up (compilation happens in the warm-up steps). Memory:
+the whole process's peak (CPU: peak RSS; GPU: allocated) and the peak while the timed steps ran ("step peak"). With
+``--override reference.precompute=true`` the reference errors are computed first by the loop's pass ("pass s"), a
+frozen copy is released, and the steps run no reference forward.
 
     python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
     python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
@@ -11,6 +14,7 @@ checkpointing, ``torch.compile``), method, loader, optimizer. Timing is the medi
         --batch-size 8 --precision bf16 --cache on                    # a full-size model from a local directory
     python bench/bench_train.py --models tiny_sd15 --modes dpo_lora --override trainer.compile=regional
     python bench/bench_train.py --models tiny_sd15 --modes dpo_full --override trainer.gradient_checkpointing=true
+    python bench/bench_train.py --models tiny_sd15 --modes dpo_lora dpo_full --override reference.precompute=true
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import psutil
 
 MODES = {  # name -> hydra overrides
     "dpo_lora": ["method=dpo", "reference=lora_disabled", "model.finetune.mode=lora"],
@@ -63,6 +69,7 @@ def measure(args) -> dict:
         make_trainable,
         place_modules,
     )
+    from diffusion_align.train.precompute import check_precompute, precompute_reference
     from diffusion_align.train.step import preference_step
 
     tmp = tempfile.mkdtemp()
@@ -81,6 +88,17 @@ def measure(args) -> dict:
     optimizer = build(cfg.trainer.optimizer)(params)
     policy, optimizer, loader = accelerator.prepare(adapter.denoiser, optimizer, loader)
     cuda = accelerator.device.type == "cuda"
+    pass_s = None
+    if cfg.reference.get("precompute", False):  # --override reference.precompute=true: the loop's pass, then steps
+        check_precompute(cfg)
+        reference = precompute_reference(reference, adapter, method, loader, accelerator, seed=0,
+                                         steps=args.warmup + args.steps, accumulation=1, policy=policy)
+        pass_s = reference.summary["reference/precompute_s"]
+    before_steps = torch.cuda.max_memory_allocated() if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # the steps' own peak (a released reference copy no longer counted)
+    process = psutil.Process()
+    step_peak = 0
     times, step, epoch = [], 0, 0
     while step < args.warmup + args.steps:
         loader.set_epoch(epoch)
@@ -98,12 +116,15 @@ def measure(args) -> dict:
                 torch.cuda.synchronize()
             if step >= args.warmup:
                 times.append((time.perf_counter() - start) * 1000)
+            step_peak = max(step_peak, torch.cuda.max_memory_allocated() if cuda else process.memory_info().rss)
             step += 1
             if step >= args.warmup + args.steps:
                 break
         epoch += 1
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"ms_per_step": statistics.median(times), "peak_gib": peak, "device": accelerator.device.type}
+    # the whole process's peak (CPU: peak RSS; GPU: allocated), and the peak while the timed steps ran
+    peak = max(before_steps, step_peak) / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"ms_per_step": statistics.median(times), "peak_gib": peak, "step_peak_gib": step_peak / 2**30,
+            "pass_s": pass_s, "device": accelerator.device.type}
 
 
 def main() -> None:
@@ -124,7 +145,8 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     caches = ["off", "on"] if args.cache == "both" else [args.cache]
-    print(f"{'model':<12} {'mode':<10} {'cache':<5} {'ms/step':>9} {'pairs/s':>9} {'peak GiB':>9} device")
+    print(f"{'model':<12} {'mode':<10} {'cache':<5} {'ms/step':>9} {'pairs/s':>9} {'peak GiB':>9} "
+          f"{'step peak':>9} {'pass s':>7} device")
     for model in args.models:
         for mode in args.modes:
             for cache in caches:
@@ -137,8 +159,9 @@ def main() -> None:
                     raise SystemExit(f"{model} {mode} cache={cache} failed:\n{done.stderr[-3000:]}")
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 pairs = args.batch_size / (r["ms_per_step"] / 1000)
-                print(f"{model:<12} {mode:<10} {cache:<5} {r['ms_per_step']:>9.1f} {pairs:>9.2f} "
-                      f"{r['peak_gib']:>9.3f} {r['device']}", flush=True)
+                pass_s = "-" if r["pass_s"] is None else f"{r['pass_s']:.2f}"
+                print(f"{model:<12} {mode:<10} {cache:<5} {r['ms_per_step']:>9.1f} {pairs:>9.2f} {r['peak_gib']:>9.3f} "
+                      f"{r['step_peak_gib']:>9.3f} {pass_s:>7} {r['device']}", flush=True)
 
 
 if __name__ == "__main__":

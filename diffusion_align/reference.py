@@ -6,6 +6,9 @@
   in lower precision or kept on the CPU between calls.
 - :class:`EmaReference`: a frozen copy that follows the policy slowly ("stable reference update").
 - :class:`NoReference`: reference-free methods (MaPO, SFT) load none.
+- :class:`PrecomputedReference`: the errors of a fixed reference (LoRA-disabled or frozen copy), computed before
+  training for every row and epoch the run will train on (``reference.precompute=true``,
+  :mod:`diffusion_align.train.precompute`); a step then runs no reference forward, and a frozen copy is released.
 """
 
 from __future__ import annotations
@@ -45,6 +48,36 @@ class NoReference(_Stateless):
 
     def predict(self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor]) -> None:
         return None
+
+
+class PrecomputedReference(_Stateless):
+    """Reference errors looked up by (epoch, dataset row) instead of computed: ``[K]`` or ``[K, S]`` per row, the
+    values :func:`diffusion_align.train.step.reference_errors` gave for that row's noise and timestep (which are
+    a function of the row, epoch and seed alone).
+
+    Args:
+        errors: ``{(epoch, row): errors}`` (CPU tensors).
+        source: what computed them, for messages (``LoraDisabledReference``, ``FrozenReference``).
+        summary: figures of the pass, written into the run's ``metrics.json``.
+    """
+
+    def __init__(self, errors: dict[tuple[int, int], Tensor], source: str, summary: dict | None = None) -> None:
+        self.errors = errors
+        self.source = source
+        self.summary = summary or {}  # how the pass went (rows, micro-batches, seconds, a released copy)
+
+    def lookup(self, index: Tensor, epoch: int, device: torch.device) -> Tensor:
+        """``[B, K(, S)]`` errors of the rows ``index`` in ``epoch``, on ``device``."""
+        rows = [int(i) for i in index.tolist()]
+        missing = [row for row in rows if (epoch, row) not in self.errors]
+        if missing:
+            raise KeyError(f"no precomputed reference errors for epoch {epoch}, dataset rows {missing[:5]}: the "
+                           "pass before training did not reach them (a bug: please report it; reference."
+                           "precompute=false computes them in each step)")
+        return torch.stack([self.errors[(epoch, row)] for row in rows]).to(device)
+
+    def predict(self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        raise RuntimeError(f"the {self.source} was replaced by its precomputed errors: it predicts nothing any more")
 
 
 class LoraDisabledReference(_Stateless):

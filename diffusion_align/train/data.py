@@ -59,14 +59,17 @@ def build_dataset(cfg: DictConfig):
 def check_unpaired(cfg: DictConfig, dataset) -> None:
     """A method of ``inputs: unpaired`` (Diffusion-KTO) takes single images with a desirable flag, the others take
     pairs or lists: a mismatch is refused here, naming the data config to use."""
+    method = cfg.get("method")
+    if method is None or method.get("inputs") is None:  # a config without a training method (train-lrm) reads any
+        return
     unpaired = isinstance(dataset, UnpairedDataset)
-    if cfg.method.inputs == "unpaired" and not unpaired:
-        raise ConfigError(f"method {cfg.method.name} trains on single images marked desirable or not: use "
+    if method.inputs == "unpaired" and not unpaired:
+        raise ConfigError(f"method {method.name} trains on single images marked desirable or not: use "
                           "data=unpaired with data.dataset.source.paths=<Pick-a-Pic-format files> (the pairs' winners "
                           f"desirable, losers not), not the {type(dataset).__name__} of data.dataset")
-    if unpaired and cfg.method.inputs not in ("unpaired", "step"):
-        raise ConfigError(f"data=unpaired gives single images, but method {cfg.method.name} takes "
-                          f"{cfg.method.inputs} inputs: use data=pickapic (or the data config of your format)")
+    if unpaired and method.inputs not in ("unpaired", "step"):
+        raise ConfigError(f"data=unpaired gives single images, but method {method.name} takes "
+                          f"{method.inputs} inputs: use data=pickapic (or the data config of your format)")
 
 
 def report_bad_rows(dataset) -> None:

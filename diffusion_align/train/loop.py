@@ -45,6 +45,7 @@ from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
 from diffusion_align.train.options import check_trainer_config
+from diffusion_align.train.precompute import check_precompute, precompute_reference
 from diffusion_align.train.sharding import (
     autocast,
     check_engine,
@@ -109,6 +110,7 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.output_dir)
     trainer = cfg.trainer
     check_trainer_config(trainer)
+    check_precompute(cfg)
     accelerator = Accelerator(
         gradient_accumulation_steps=trainer.gradient_accumulation_steps,
         mixed_precision=trainer.mixed_precision,
@@ -145,6 +147,11 @@ def run(cfg: DictConfig) -> Path:
     r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, dataset, ema,
             out_dir)
     resume(r)
+    if cfg.reference.get("precompute", False):  # after resume: the pass starts where training will
+        r.reference = precompute_reference(
+            reference, adapter, method, r.loader, accelerator, seed=cfg.seed, steps=trainer.max_steps - r.state.step,
+            accumulation=trainer.gradient_accumulation_steps, epoch=r.state.epoch,
+            batch_in_epoch=r.state.batch_in_epoch, policy=policy)
     if trainer.report_to:
         accelerator.init_trackers(trainer.project_name, config=flat_config(cfg))
     with StopSignals() as stop:
@@ -499,7 +506,7 @@ def use_denoiser(adapter, denoiser: torch.nn.Module) -> None:
 def write_metrics(r: Run) -> Path:
     """``metrics.json``: steps done, wall time and the last logged averages (a sweep summary's row reads it)."""
     metrics = {"step": r.state.step, "wall_time_s": round(time.time() - r.started, 3),
-               "processes": r.accelerator.num_processes, **r.last_logs}
+               "processes": r.accelerator.num_processes, **getattr(r.reference, "summary", {}), **r.last_logs}
     return write_text_atomic(r.out_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
 
 

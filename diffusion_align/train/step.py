@@ -92,26 +92,32 @@ def conditioning(adapter: DiffusionAdapter, batch: PreferenceBatch, k: int, devi
     return {name: v.to(device).repeat_interleave(k, dim=0) for name, v in cond.items()}
 
 
-def preference_step(
+@dataclass
+class NoisedBatch:
+    """One batch's model inputs, drawn from each row's generator: ``[B·K, ...]`` noisy latents and targets, the
+    per-row timesteps ``t`` ``[B]`` (``flat_t``: one per sample), the flattened conditioning, and the layout."""
+
+    noisy: Tensor
+    target: Tensor
+    t: Tensor
+    flat_t: Tensor
+    cond: dict[str, Tensor]
+    b: int
+    k: int
+    segments: int | None
+
+
+def noised_batch(
     adapter: DiffusionAdapter,
-    reference,
     method: StepInputs,
     batch: PreferenceBatch,
     *,
     epoch: int,
     seed: int,
     policy: nn.Module | None = None,
-) -> LossOutput:
-    """Compute the method's loss on one batch.
-
-    Args:
-        adapter: the model family adapter.
-        reference: a reference from :mod:`diffusion_align.reference` (``NoReference`` for reference-free methods).
-        method: loss and samplers (see :class:`StepInputs`).
-        batch: ``B`` prompts × ``K`` candidates.
-        epoch, seed: with ``batch.index``, seed every random draw of each row.
-        policy: the module to run as the policy (the accelerate-wrapped denoiser); defaults to ``adapter.denoiser``.
-    """
+) -> NoisedBatch:
+    """Latents, noise, timesteps and noising of one batch: a function of each row's index, ``epoch`` and ``seed``
+    (and, for inversion noising, of the policy that inverts)."""
     device = adapter.device  # once: a diffusers model walks its modules to answer (~7 ms for SD1.5's UNet)
     generators = row_generators(row_seeds(batch.index, epoch, seed), device)
     latents = training_latents(adapter, batch, generators, device)  # [B, K, ...]
@@ -129,16 +135,49 @@ def preference_step(
         target = adapter.target(flat_latents, flat_noise, flat_t)
     else:
         noisy, target = inverted_inputs(adapter, method, latents, t, cond, generators, policy)
-    pred = adapter.predict(noisy, flat_t, cond, denoiser=policy)
     # segment losses (DenseDPO): the latent frames split into as many segments as the data labels
     segments = batch.segment_label.shape[1] if method.inputs == "segments" else None
-    err = per_sample_error(pred, target, segments=segments).unflatten(0, (b, k))
-    ref_pred = reference.predict(noisy, flat_t, cond)
-    ref_err = None if ref_pred is None else per_sample_error(ref_pred, target, segments=segments).unflatten(0, (b, k))
-    weights = None if method.weight_fn is None else method.weight_fn(t)
-    extra = {} if method.timesteps_arg is None else {method.timesteps_arg: t}
+    return NoisedBatch(noisy, target, t, flat_t, cond, b, k, segments)
+
+
+def reference_errors(reference, inputs: NoisedBatch) -> Tensor | None:
+    """``[B, K(, S)]`` errors of the reference's predictions on ``inputs`` (``None`` without a reference)."""
+    ref_pred = reference.predict(inputs.noisy, inputs.flat_t, inputs.cond)
+    if ref_pred is None:
+        return None
+    return per_sample_error(ref_pred, inputs.target, segments=inputs.segments).unflatten(0, (inputs.b, inputs.k))
+
+
+def preference_step(
+    adapter: DiffusionAdapter,
+    reference,
+    method: StepInputs,
+    batch: PreferenceBatch,
+    *,
+    epoch: int,
+    seed: int,
+    policy: nn.Module | None = None,
+) -> LossOutput:
+    """Compute the method's loss on one batch.
+
+    Args:
+        adapter: the model family adapter.
+        reference: a reference from :mod:`diffusion_align.reference` (``NoReference`` for reference-free methods;
+            a ``PrecomputedReference`` hands over the errors it computed before training for these rows and epoch).
+        method: loss and samplers (see :class:`StepInputs`).
+        batch: ``B`` prompts × ``K`` candidates.
+        epoch, seed: with ``batch.index``, seed every random draw of each row.
+        policy: the module to run as the policy (the accelerate-wrapped denoiser); defaults to ``adapter.denoiser``.
+    """
+    inputs = noised_batch(adapter, method, batch, epoch=epoch, seed=seed, policy=policy)
+    pred = adapter.predict(inputs.noisy, inputs.flat_t, inputs.cond, denoiser=policy)
+    err = per_sample_error(pred, inputs.target, segments=inputs.segments).unflatten(0, (inputs.b, inputs.k))
+    lookup = getattr(reference, "lookup", None)
+    ref_err = lookup(batch.index, epoch, err.device) if lookup else reference_errors(reference, inputs)
+    weights = None if method.weight_fn is None else method.weight_fn(inputs.t)
+    extra = {} if method.timesteps_arg is None else {method.timesteps_arg: inputs.t}
     out = call_loss(method, err, ref_err, batch, weights, extra)
-    out.metrics["timesteps/mean"] = t.detach().float().mean()
+    out.metrics["timesteps/mean"] = inputs.t.detach().float().mean()
     return out
 
 
