@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 from ports import free_port
+from safetensors.torch import load_file
+from same_weights import ATOL, assert_same_weights, lora_b_change
 
 LAUNCHER = Path(__file__).with_name("engines_on_cpu.py")
 
@@ -40,3 +42,14 @@ def unet_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def copy_checkpoint(run: Path, step: int, into: Path) -> None:
     shutil.copytree(run / "checkpoints" / f"checkpoint-{step}", into / "checkpoints" / f"checkpoint-{step}")
+
+
+def assert_lora_equals_one_process(run_train, tmp_path: Path, config: str, common: list[str], single: list[str],
+                                   launched: list[str]) -> None:
+    """``common + single`` in this process against ``common + launched`` in 2 processes under ``config``: the same
+    LoRA weights (within :data:`same_weights.ATOL`), and training moved them well past that tolerance."""
+    one = run_train(tmp_path / "single", *common, *single)
+    launch(config, tmp_path / config, *common, *launched)
+    expected = load_file(one / "pytorch_lora_weights.safetensors")
+    assert_same_weights(expected, load_file(tmp_path / config / "pytorch_lora_weights.safetensors"))
+    assert lora_b_change(expected) > 20 * ATOL

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from engine_runs import copy_checkpoint, launch, unet_weights
+from engine_runs import assert_lora_equals_one_process, copy_checkpoint, launch, unet_weights
 from safetensors.torch import load_file
-from same_weights import ATOL, assert_same_weights, largest_change, lora_b_change
+from same_weights import ATOL, assert_same_weights, largest_change
 
 from diffusion_align.train.loop import check_distributed_launch
 from diffusion_align.train.sharding import check_optimizer, index_keyed, name_keyed
@@ -32,23 +32,16 @@ def test_fsdp_lora_two_processes_equal_one_process(run_train, tiny_pairs, tmp_pa
     """2 processes x 1 pair x 2 accumulated micro-batches against 1 process x 4 pairs."""
     common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
               "trainer.max_grad_norm=0"]
-    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
-    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=1",
-                          "trainer.gradient_accumulation_steps=2")
-    expected = load_file(single / "pytorch_lora_weights.safetensors")
-    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
-    assert lora_b_change(expected) > 20 * ATOL
+    assert_lora_equals_one_process(run_train, tmp_path, "fsdp", common, ["data.loader.batch_size=4"],
+                                   ["data.loader.batch_size=1", "trainer.gradient_accumulation_steps=2"])
 
 
 def test_fsdp_lora_on_a_transformer_family_equals_one_process(run_train, tiny_pairs, tmp_path):
     """SD3's MMDiT (flow matching): each JointTransformerBlock is an FSDP unit."""
     common = ["model=tiny_sd3", f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=2", "trainer.optimizer.lr=1e-4",
               "trainer.max_grad_norm=0"]
-    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
-    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=2")
-    expected = load_file(single / "pytorch_lora_weights.safetensors")
-    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
-    assert lora_b_change(expected) > 20 * ATOL
+    assert_lora_equals_one_process(run_train, tmp_path, "fsdp", common, ["data.loader.batch_size=4"],
+                                   ["data.loader.batch_size=2"])
 
 
 def test_fsdp_step_level_spo_equals_one_process(run_train, tiny_pairs, tmp_path):
@@ -61,11 +54,8 @@ def test_fsdp_step_level_spo_equals_one_process(run_train, tiny_pairs, tmp_path)
               "method.online.num_steps=4", "method.online.divert_start_step=1", "method.online.candidates=2",
               f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=2", "trainer.optimizer.lr=1e-3",
               "trainer.max_grad_norm=0"]
-    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=2")
-    sharded = launch_fsdp(tmp_path / "fsdp", *common, "data.loader.batch_size=1")
-    expected = load_file(single / "pytorch_lora_weights.safetensors")
-    assert_same_weights(expected, load_file(sharded / "pytorch_lora_weights.safetensors"))
-    assert lora_b_change(expected) > 20 * ATOL
+    assert_lora_equals_one_process(run_train, tmp_path, "fsdp", common, ["data.loader.batch_size=2"],
+                                   ["data.loader.batch_size=1"])
 
 
 def test_fsdp_full_finetune_trains_checkpoints_and_resumes_like_one_process(run_train, tiny_pairs, tmp_path):

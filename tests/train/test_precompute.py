@@ -8,9 +8,8 @@ import json
 
 import pytest
 import torch
-from engine_runs import launch
+from engine_runs import assert_lora_equals_one_process
 from safetensors.torch import load_file
-from same_weights import ATOL, assert_same_weights, lora_b_change
 
 from diffusion_align.config import ConfigError
 from diffusion_align.reference import PrecomputedReference
@@ -80,11 +79,8 @@ def test_each_fsdp_process_precomputes_its_own_batches(run_train, tiny_pairs, tm
     forwards all-gather the sharded weights, so both run the same number), against 1 process x 4 pairs inline."""
     common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
               "trainer.max_grad_norm=0"]
-    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
-    launch("fsdp", tmp_path / "fsdp", *common, "data.loader.batch_size=2", "reference.precompute=true")
-    expected = load_file(single / "pytorch_lora_weights.safetensors")
-    assert_same_weights(expected, load_file(tmp_path / "fsdp" / "pytorch_lora_weights.safetensors"))
-    assert lora_b_change(expected) > 20 * ATOL
+    assert_lora_equals_one_process(run_train, tmp_path, "fsdp", common, ["data.loader.batch_size=4"],
+                                   ["data.loader.batch_size=2", "reference.precompute=true"])
     assert pass_summary(tmp_path / "fsdp")["precomputed_rows"] == 6  # the main process's 3 batches of 2
 
 
