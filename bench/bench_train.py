@@ -4,9 +4,10 @@ Each configuration runs in its own process (so peak memory is its own) through t
 blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, speed options (gradient
 checkpointing, ``torch.compile``), method, loader, optimizer. Timing is the median of synchronized steady-state steps
 (forward, reference, backward, optimizer step), after warm-up (compilation happens in the warm-up steps). Memory:
-the whole process's peak (CPU: peak RSS; GPU: allocated) and the peak while the timed steps ran ("step peak"). With
-``--override reference.precompute=true`` the reference errors are computed first by the loop's pass ("pass s"), a
-frozen copy is released, and the steps run no reference forward.
+the whole process's peak (CPU: peak RSS; GPU: allocated) and while the timed steps ran ("step peak"; GPU: the
+allocator's peak over them, CPU: the largest resident size after one). With ``--override reference.precompute=true``
+the reference errors are computed first by the loop's pass ("pass s"), a frozen copy is released, and the steps run
+no reference forward (reference-free modes ignore it).
 
     python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
     python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
@@ -89,7 +90,7 @@ def measure(args) -> dict:
     policy, optimizer, loader = accelerator.prepare(adapter.denoiser, optimizer, loader)
     cuda = accelerator.device.type == "cuda"
     pass_s = None
-    if cfg.reference.get("precompute", False):  # --override reference.precompute=true: the loop's pass, then steps
+    if cfg.reference.get("precompute", False) and cfg.method.needs_reference:  # the loop's pass, then the steps
         check_precompute(cfg)
         reference = precompute_reference(reference, adapter, method, loader, accelerator, seed=0,
                                          steps=args.warmup + args.steps, accumulation=1, policy=policy)
@@ -116,7 +117,8 @@ def measure(args) -> dict:
                 torch.cuda.synchronize()
             if step >= args.warmup:
                 times.append((time.perf_counter() - start) * 1000)
-            step_peak = max(step_peak, torch.cuda.max_memory_allocated() if cuda else process.memory_info().rss)
+                # GPU: the allocator's peak since the reset (the steps'); CPU: resident memory after each timed step
+                step_peak = max(step_peak, torch.cuda.max_memory_allocated() if cuda else process.memory_info().rss)
             step += 1
             if step >= args.warmup + args.steps:
                 break

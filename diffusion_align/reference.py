@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -50,31 +51,50 @@ class NoReference(_Stateless):
         return None
 
 
+@dataclass
+class EpochErrors:
+    """One epoch's precomputed reference errors: ``values`` ``[M, K(, S)]`` and, per dataset row, its slot in them
+    (``slot[row]``, -1 for rows the epoch's pass did not reach)."""
+
+    values: Tensor
+    slot: Tensor
+
+    @classmethod
+    def build(cls, rows: Tensor, values: Tensor, dataset_size: int) -> EpochErrors:
+        """From the pass's rows ``[M]`` and their errors ``[M, ...]`` (a row met twice keeps its last slot: its
+        errors are the same, being a function of the row and epoch)."""
+        slot = torch.full((dataset_size,), -1, dtype=torch.long)
+        slot[rows.long()] = torch.arange(len(rows))
+        return cls(values, slot)
+
+
 class PrecomputedReference(_Stateless):
     """Reference errors looked up by (epoch, dataset row) instead of computed: ``[K]`` or ``[K, S]`` per row, the
     values :func:`diffusion_align.train.step.reference_errors` gave for that row's noise and timestep (which are
     a function of the row, epoch and seed alone).
 
     Args:
-        errors: ``{(epoch, row): errors}`` (CPU tensors).
+        tables: ``{epoch: EpochErrors}`` (CPU tensors).
         source: what computed them, for messages (``LoraDisabledReference``, ``FrozenReference``).
         summary: figures of the pass, written into the run's ``metrics.json``.
     """
 
-    def __init__(self, errors: dict[tuple[int, int], Tensor], source: str, summary: dict | None = None) -> None:
-        self.errors = errors
+    def __init__(self, tables: dict[int, EpochErrors], source: str, summary: dict | None = None) -> None:
+        self.tables = tables
         self.source = source
         self.summary = summary or {}  # how the pass went (rows, micro-batches, seconds, a released copy)
 
     def lookup(self, index: Tensor, epoch: int, device: torch.device) -> Tensor:
         """``[B, K(, S)]`` errors of the rows ``index`` in ``epoch``, on ``device``."""
-        rows = [int(i) for i in index.tolist()]
-        missing = [row for row in rows if (epoch, row) not in self.errors]
-        if missing:
+        rows = index.cpu().long()
+        table = self.tables.get(epoch)
+        slots = table.slot[rows] if table is not None and int(rows.max()) < len(table.slot) else None
+        if slots is None or bool((slots < 0).any()):
+            missing = rows.tolist() if slots is None else rows[slots < 0].tolist()
             raise KeyError(f"no precomputed reference errors for epoch {epoch}, dataset rows {missing[:5]}: the "
                            "pass before training did not reach them (a bug: please report it; reference."
                            "precompute=false computes them in each step)")
-        return torch.stack([self.errors[(epoch, row)] for row in rows]).to(device)
+        return table.values[slots].to(device)
 
     def predict(self, noisy: Tensor, timesteps: Tensor, cond: dict[str, Tensor]) -> Tensor:
         raise RuntimeError(f"the {self.source} was replaced by its precomputed errors: it predicts nothing any more")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -53,7 +54,6 @@ from diffusion_align.train.sharding import (
     configure_engine,
     copy_whole_into,
     deepspeed_marker,
-    engine_skipped_step,
     is_deepspeed,
     is_sharded,
     load_deepspeed_state,
@@ -373,8 +373,9 @@ def optimization_step(r: Run, batch):
 
     A non-finite loss in any micro-batch of an optimizer step, or a non-finite gradient norm at its end, skips the
     whole step (the accumulated gradients are dropped, nothing is updated) or stops, as ``trainer.on_nonfinite``
-    says; under DeepSpeed, which steps inside backward, it stops (except a step DeepSpeed's fp16 loss scaler dropped
-    itself: counted as skipped). The loss is tested on every process together, so all skip or stop together.
+    says; under DeepSpeed, which steps inside backward, it stops (a gradient overflow under its fp16 is its loss
+    scaler's to drop, as GradScaler's elsewhere). The loss is tested on every process together, so all skip or stop
+    together.
     """
     trainer, accelerator = r.cfg.trainer, r.accelerator
     with accelerator.accumulate(r.policy):
@@ -383,13 +384,13 @@ def optimization_step(r: Run, batch):
             out = science(r.adapter, r.reference, r.method, batch, epoch=r.state.epoch, seed=r.cfg.seed,
                           policy=r.policy)
         if trainer.check_finite and r.step_fault is None and not all_finite(accelerator, out.loss):
-            r.step_fault = f"loss {float(out.loss.detach())}"  # (finite here: non-finite on another process)
+            here = float(out.loss.detach())
+            r.step_fault = f"loss {here}" if not math.isfinite(here) else f"loss on another process (here {here})"
         if r.step_fault is None:
             accelerator.backward(out.loss)
         if accelerator.sync_gradients and r.step_fault is None:
             r.step_fault = clip_and_check_gradients(trainer, accelerator, r.policy, r.params)
-        if r.step_fault is not None and steps_inside_backward(accelerator) and not engine_skipped_step(
-                accelerator, r.policy):
+        if r.step_fault is not None and steps_inside_backward(accelerator):
             raise FloatingPointError(
                 f"non-finite {r.step_fault} at step {r.state.step + 1}: under DeepSpeed the optimizer step is taken "
                 "inside backward and cannot be dropped, so the run stops; the last checkpoint is intact")

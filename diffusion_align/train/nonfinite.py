@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffusion_align.train.checkpoint import LoopState
-from diffusion_align.train.sharding import engine_grad_norm, steps_inside_backward
+from diffusion_align.train.sharding import engine_grad_norm, engine_scales_loss, steps_inside_backward
 from diffusion_align.types import LossOutput
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def clip_and_check_gradients(trainer: DictConfig, accelerator: Accelerator, poli
 
     With ``trainer.check_finite`` the norm (before clipping) is tested: NaN or inf in any gradient makes it
     non-finite, even when the loss was finite (an overflow in backward). Under fp16 the gradient scaler owns
-    overflows (it skips the step and lowers the scale, as it must), so no norm is tested there. Under DeepSpeed
+    overflows (it skips the step and lowers the scale, as it must), so no norm is tested there, nor under DeepSpeed's
+    fp16, whose own loss scaler does the same. Under DeepSpeed
     the engine clips (to ``trainer.max_grad_norm``, set in its config) and steps inside backward; the norm it
     computed is tested afterwards (the loop then stops: the step cannot be dropped).
 
@@ -42,7 +43,7 @@ def clip_and_check_gradients(trainer: DictConfig, accelerator: Accelerator, poli
     Returns:
         ``None`` for finite gradients (or no test), else e.g. ``"gradient norm nan"``.
     """
-    test = trainer.check_finite and accelerator.scaler is None
+    test = trainer.check_finite and accelerator.scaler is None and not engine_scales_loss(accelerator)
     if steps_inside_backward(accelerator):  # DeepSpeed clipped (to trainer.max_grad_norm) and stepped in backward
         norm = engine_grad_norm(policy) if test else None
         if norm is None:

@@ -4,11 +4,13 @@ A row's posterior sample, noise and timestep are a function of its index, the ep
 (:mod:`diffusion_align.train.step`), so a fixed reference's errors on it can be computed ahead of the step that
 uses them. This pass walks exactly the micro-batches the run will train on (from the resume point to
 ``trainer.max_steps``: the same loader, epochs and accumulation), computes each batch's reference errors under the
-run's precision, and keeps them by (epoch, row): ``[K]`` floats per row (``[K, S]`` for DenseDPO's segments).
+run's precision, and keeps them by (epoch, row): ``[K]`` floats per row (``[K, S]`` for DenseDPO's segments), one
+tensor per epoch with a row index (a million rows cost 8 MB of index per epoch beside the values).
 Training steps then run no reference forward, and a frozen reference copy is released before the first step.
 
 What it buys: each step's reference forward (about a quarter of a DPO step) moves into the pass, which costs the
-same forwards, so a run's total compute is unchanged; a full fine-tune's peak memory loses the frozen copy. Only a
+same forwards, so with the latent cache a run's total compute is unchanged (without it the pass encodes every image
+once more, and says so); a full fine-tune's peak memory loses the frozen copy. Only a
 reference that never changes can be precomputed: the LoRA-disabled policy or a frozen copy, with forward noising
 (SmPO's and InPO's inversions run the policy, which trains; an EMA reference moves; step-level methods sample
 online). Checked before any model loads.
@@ -26,7 +28,12 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from diffusion_align.config import ConfigError
-from diffusion_align.reference import FrozenReference, LoraDisabledReference, PrecomputedReference
+from diffusion_align.reference import (
+    EpochErrors,
+    FrozenReference,
+    LoraDisabledReference,
+    PrecomputedReference,
+)
 from diffusion_align.train.sharding import autocast
 from diffusion_align.train.step import noised_batch, reference_errors
 
@@ -48,10 +55,15 @@ def check_precompute(cfg: DictConfig) -> None:
     elif method.noising != "forward":
         why = (f"method.noising={method.noising} inverts each sample with the policy, which trains, so the inputs "
                "of later steps are not known before training")
+    elif target.endswith(".NoReference"):
+        why = "reference=none has no reference to precompute"
     elif target not in PRECOMPUTABLE:
         why = f"the reference {target} changes during training (only lora_disabled or frozen_copy stay fixed)"
     if why:
         raise ConfigError(f"reference.precompute=true: {why}; set reference.precompute=false")
+    if not cfg.data.cache.enabled:
+        log.warning("reference.precompute=true without the latent cache (data.cache.enabled=false): the pass decodes "
+                    "and encodes every image and prompt once more than training alone would")
 
 
 def micro_batches_per_epoch(batches: int, accumulation: int, steps_left: int) -> tuple[int, int]:
@@ -92,25 +104,28 @@ def precompute_reference(
     """
     if not isinstance(reference, (LoraDisabledReference, FrozenReference)):
         raise TypeError(f"cannot precompute the errors of {type(reference).__name__}")
-    started, errors, total = time.time(), {}, 0
+    started, tables, rows, total = time.time(), {}, 0, 0
     progress = tqdm(desc="reference errors", unit="batch", disable=not accelerator.is_local_main_process)
     while steps > 0:
+        if batch_in_epoch >= len(loader):  # a checkpoint of an epoch's last step: training goes on with the next
+            epoch, batch_in_epoch = epoch + 1, 0
+            continue
         loader.set_epoch(epoch)
         loader.dataset.set_epoch(epoch)
         take, taken_steps = micro_batches_per_epoch(len(loader) - batch_in_epoch, accumulation, steps)
-        if take <= 0:
-            raise RuntimeError(f"the data loader has no batch left in epoch {epoch}: nothing to train on")
         batches = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
+        index, values = [], []
         for n, batch in enumerate(batches):
             if n == take:
                 break
             with torch.no_grad(), autocast(accelerator):
                 inputs = noised_batch(adapter, method, batch, epoch=epoch, seed=seed, policy=policy)
-                values = reference_errors(reference, inputs).float().cpu()
-            for row, value in zip(batch.index.tolist(), values, strict=True):
-                errors[(epoch, int(row))] = value.clone()
+                values.append(reference_errors(reference, inputs).float().cpu())
+            index.append(batch.index.cpu())
             total += 1
             progress.update(1)
+        tables[epoch] = EpochErrors.build(torch.cat(index), torch.cat(values), len(loader.dataset))
+        rows += len(tables[epoch].values)
         steps -= taken_steps
         epoch, batch_in_epoch = epoch + 1, 0
     progress.close()
@@ -122,7 +137,7 @@ def precompute_reference(
             torch.cuda.empty_cache()
     seconds = time.time() - started
     log.info("reference errors precomputed for %d rows in %d micro-batches (%.1f s); the %s is no longer run%s",
-             len(errors), total, seconds, source, " and its copy was released" if released else "")
-    summary = {"reference/precomputed_rows": len(errors), "reference/precomputed_batches": total,
+             rows, total, seconds, source, " and its copy was released" if released else "")
+    summary = {"reference/precomputed_rows": rows, "reference/precomputed_batches": total,
                "reference/precompute_s": round(seconds, 3), "reference/copy_released": released}
-    return PrecomputedReference(errors, source, summary)
+    return PrecomputedReference(tables, source, summary)

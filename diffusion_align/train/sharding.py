@@ -32,6 +32,8 @@ from accelerate.utils import DistributedType, set_module_tensor_to_device
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from diffusion_align.config import ConfigError
+
 DEEPSPEED_DIR = "deepspeed"  # a checkpoint's sub-directory of DeepSpeed's own files
 DEEPSPEED_TAG = "state"
 
@@ -75,13 +77,14 @@ def check_engine(accelerator: Accelerator) -> None:
 
 
 def check_optimizer(accelerator: Accelerator, target: str) -> None:
-    """Under FSDP2 or DeepSpeed only ``torch.optim`` optimizers: transformers' Adafactor fails on FSDP's DTensors and
+    """Under FSDP2 or DeepSpeed only ``torch.optim`` optimizers, Adafactor excepted: Adafactor (transformers' or torch's) fails on FSDP's DTensors and
     under ZeRO sees flat partitions instead of the weights' shapes (it would stop factoring its second moments and
     clip per partition); bitsandbytes' 8-bit Adam likewise quantizes by blocks of what it is handed."""
     engine = accelerator.distributed_type
-    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED) and not target.startswith("torch.optim."):
-        raise RuntimeError(f"trainer.optimizer {target} is not supported under {engine.value}: use "
-                           "trainer/optimizer=adamw (torch.optim.AdamW), or DDP (conf/accelerate/multi_gpu.yaml)")
+    factored = target.rsplit(".", 1)[-1] == "Adafactor"  # torch.optim.Adafactor factors by shape too
+    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (factored or not target.startswith("torch.optim.")):
+        raise ConfigError(f"trainer.optimizer {target} is not supported under {engine.value}: use "
+                          "trainer/optimizer=adamw (torch.optim.AdamW), or DDP (conf/accelerate/multi_gpu.yaml)")
 
 
 def configure_engine(accelerator: Accelerator, max_grad_norm: float, accumulation_steps: int) -> None:
@@ -104,6 +107,12 @@ def autocast(accelerator: Accelerator):
     return accelerator.autocast()
 
 
+def engine_scales_loss(accelerator: Accelerator) -> bool:
+    """Whether DeepSpeed's fp16 loss scaler owns gradient overflows (it drops the step and lowers the scale itself,
+    as torch's GradScaler does under the other engines)."""
+    return is_deepspeed(accelerator) and accelerator.mixed_precision == "fp16"
+
+
 def steps_inside_backward(accelerator: Accelerator) -> bool:
     """Whether the optimizer step is taken inside ``accelerator.backward`` (DeepSpeed), so it cannot be dropped."""
     return is_deepspeed(accelerator)
@@ -112,11 +121,6 @@ def steps_inside_backward(accelerator: Accelerator) -> bool:
 def engine_grad_norm(policy: nn.Module) -> Tensor | float | None:
     """The global gradient norm DeepSpeed computed at its last step (before clipping)."""
     return policy.get_global_grad_norm()
-
-
-def engine_skipped_step(accelerator: Accelerator, policy: nn.Module) -> bool:
-    """Whether DeepSpeed dropped its last step itself (its fp16 loss scaler met an overflow and lowered the scale)."""
-    return is_deepspeed(accelerator) and bool(getattr(getattr(policy, "optimizer", None), "overflow", False))
 
 
 def use_master_weights(accelerator: Accelerator, params: list[nn.Parameter]) -> None:

@@ -101,3 +101,17 @@ def test_a_non_finite_loss_stops_a_deepspeed_run(tiny_pairs, tmp_path):
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "non-finite loss nan at step 1: under DeepSpeed the optimizer step is taken inside backward" in output
+
+
+@pytest.mark.parametrize(("precision", "fault"), [("fp16", None), ("bf16", "gradient norm inf"), ("no", "gradient norm inf")])
+def test_an_fp16_overflow_is_left_to_deepspeeds_loss_scaler(precision, fault):
+    """Under fp16 DeepSpeed's loss scaler drops an overflowing step and lowers the scale (as GradScaler does under
+    the other engines): its infinite gradient norm is no fault of ours; in bf16 or float32 it is one."""
+    from omegaconf import OmegaConf
+
+    from diffusion_align.train.nonfinite import clip_and_check_gradients
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, mixed_precision=precision, scaler=None)
+    engine = SimpleNamespace(get_global_grad_norm=lambda: float("inf"))
+    trainer = OmegaConf.create({"check_finite": True, "max_grad_norm": 1.0})
+    assert clip_and_check_gradients(trainer, accelerator, engine, []) == fault

@@ -19,6 +19,7 @@ from engine_runs import assert_lora_equals_one_process, copy_checkpoint, launch,
 from safetensors.torch import load_file
 from same_weights import ATOL, assert_same_weights, largest_change
 
+from diffusion_align.config import ConfigError
 from diffusion_align.train.loop import check_distributed_launch
 from diffusion_align.train.sharding import check_optimizer, index_keyed, name_keyed
 
@@ -112,8 +113,9 @@ def test_optimizer_state_layouts_convert_both_ways():
 
 @pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
 def test_optimizers_outside_torch_optim_are_refused_under_sharding_engines(kind):
-    with pytest.raises(RuntimeError, match=f"Adafactor is not supported under {kind.value}.*adamw"):
-        check_optimizer(SimpleNamespace(distributed_type=kind), "transformers.optimization.Adafactor")
+    for target in ("transformers.optimization.Adafactor", "torch.optim.Adafactor", "bitsandbytes.optim.AdamW8bit"):
+        with pytest.raises(ConfigError, match=f"{target} is not supported under {kind.value}.*adamw"):
+            check_optimizer(SimpleNamespace(distributed_type=kind), target)
     check_optimizer(SimpleNamespace(distributed_type=kind), "torch.optim.AdamW")
     check_optimizer(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), "transformers.optimization.Adafactor")
 

@@ -4,7 +4,9 @@ accumulation, resume and methods; fixed references only, refused otherwise befor
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -12,9 +14,9 @@ from engine_runs import assert_lora_equals_one_process
 from safetensors.torch import load_file
 
 from diffusion_align.config import ConfigError
-from diffusion_align.reference import PrecomputedReference
+from diffusion_align.reference import EpochErrors, PrecomputedReference
 from diffusion_align.train.checkpoint import list_checkpoints
-from diffusion_align.train.precompute import micro_batches_per_epoch
+from diffusion_align.train.precompute import micro_batches_per_epoch, precompute_reference
 
 # 16 rows in batches of 3 (5 per epoch, the last row dropped) and 2 micro-batches per step: 3 steps an epoch, the
 # last of 1 micro-batch; 5 steps cross into a second epoch and stop inside it
@@ -48,11 +50,24 @@ def test_precomputed_lora_disabled_reference_trains_as_inline(method, run_train,
     assert summary["copy_released"] is False and pass_summary(inline) == {}
 
 
-def test_precomputed_frozen_copy_is_released_and_trains_as_inline(run_train, tiny_pairs, tmp_path):
+def test_precomputed_frozen_copy_is_released_and_trains_as_inline(run_train, tiny_pairs, tmp_path, monkeypatch):
+    import diffusion_align.train.loop as loop
+
+    copies = {}
+
+    def watched(reference, *args, **kwargs):  # the real pass, then: is the frozen copy gone from memory?
+        copies["before"] = weakref.ref(reference.model)
+        done = precompute_reference(reference, *args, **kwargs)
+        gc.collect()
+        copies["after"] = copies["before"]()
+        return done
+
     common = [f"data.dataset.paths={tiny_pairs}", "model.finetune.mode=full", "reference=frozen_copy",
               "data.loader.batch_size=4", "trainer.max_steps=2", "trainer.optimizer.lr=1e-4"]
     inline = run_train(tmp_path / "inline", *common)
+    monkeypatch.setattr(loop, "precompute_reference", watched)
     precomputed = run_train(tmp_path / "precomputed", *common, "reference.precompute=true")
+    assert copies["before"] is not None and copies["after"] is None  # nothing else held the copy
     a = load_file(inline / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(precomputed / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     for key in a:
@@ -60,17 +75,19 @@ def test_precomputed_frozen_copy_is_released_and_trains_as_inline(run_train, tin
     assert pass_summary(precomputed)["copy_released"] is True
 
 
-def test_resumed_precomputed_run_equals_uninterrupted(run_train, tiny_pairs, tmp_path):
-    """The pass after a resume starts at the checkpoint's place (mid-epoch here: step 2 is 4 of 5 batches)."""
-    common = [f"data.dataset.paths={tiny_pairs}", "reference.precompute=true", "trainer.checkpoint_every=2",
+@pytest.mark.parametrize(("at", "rows", "batches"), [(2, 15, 5), (3, 12, 4)], ids=["mid-epoch", "epoch-end"])
+def test_resumed_precomputed_run_equals_uninterrupted(at, rows, batches, run_train, tiny_pairs, tmp_path):
+    """The pass after a resume starts at the checkpoint's place: mid-epoch (step 2 is 4 of the epoch's 5 batches:
+    its last batch, then 4 of the next) or at the end of the epoch (step 3: 4 batches of the next)."""
+    common = [f"data.dataset.paths={tiny_pairs}", "reference.precompute=true", f"trainer.checkpoint_every={at}",
               *CROSSING]
     straight = run_train(tmp_path / "straight", *common)
     interrupted = tmp_path / "interrupted"
-    run_train(interrupted, *common, "trainer.max_steps=2")  # the later override wins
-    assert [p.name for p in list_checkpoints(interrupted / "checkpoints")] == ["checkpoint-2"]
+    run_train(interrupted, *common, f"trainer.max_steps={at}")  # the later override wins
+    assert [p.name for p in list_checkpoints(interrupted / "checkpoints")] == [f"checkpoint-{at}"]
     run_train(interrupted, *common)
-    summary = pass_summary(interrupted)  # the epoch's last batch, then 4 of the next
-    assert (summary["precomputed_rows"], summary["precomputed_batches"]) == (15, 5)
+    summary = pass_summary(interrupted)
+    assert (summary["precomputed_rows"], summary["precomputed_batches"]) == (rows, batches)
     assert_identical(straight, interrupted)
 
 
@@ -86,6 +103,7 @@ def test_each_fsdp_process_precomputes_its_own_batches(run_train, tiny_pairs, tm
 
 @pytest.mark.parametrize(("overrides", "why"), [
     (["method=mapo"], "method mapo is reference-free"),
+    (["reference=none", "+reference.precompute=true"], "reference=none has no reference to precompute"),
     (["method=smpo"], "method.noising=renoise_inversion inverts each sample with the policy"),
     (["method=spo"], "method spo samples its pairs online"),
     (["model.finetune.mode=full", "reference=ema", "+reference.precompute=true"],
@@ -106,12 +124,15 @@ def test_micro_batches_follow_accelerates_accumulation():
 
 
 def test_precomputed_reference_looks_up_rows_and_refuses_the_rest():
-    errors = {(0, 3): torch.tensor([1.0, 2.0]), (0, 5): torch.tensor([3.0, 4.0]), (1, 3): torch.tensor([5.0, 6.0])}
-    reference = PrecomputedReference(errors, "FrozenReference")
+    tables = {0: EpochErrors.build(torch.tensor([3, 5]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), 8),
+              1: EpochErrors.build(torch.tensor([3]), torch.tensor([[5.0, 6.0]]), 8)}
+    reference = PrecomputedReference(tables, "FrozenReference")
     got = reference.lookup(torch.tensor([5, 3]), 0, torch.device("cpu"))
     assert got.tolist() == [[3.0, 4.0], [1.0, 2.0]]
     assert reference.lookup(torch.tensor([3]), 1, torch.device("cpu")).tolist() == [[5.0, 6.0]]
     with pytest.raises(KeyError, match=r"epoch 1, dataset rows \[5\]"):
         reference.lookup(torch.tensor([3, 5]), 1, torch.device("cpu"))
+    with pytest.raises(KeyError, match=r"epoch 2, dataset rows \[3\]"):
+        reference.lookup(torch.tensor([3]), 2, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="FrozenReference was replaced by its precomputed errors"):
         reference.predict(torch.zeros(1), torch.zeros(1), {})
