@@ -10,8 +10,8 @@ import functools
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,26 +103,54 @@ def _tiny_zoo_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def resolve_tiny_model(family: str) -> str:
-    """OmegaConf resolver ``${tiny_model:sd15}``: the path of a tiny random-weight pipeline, built on first use.
+def build_once(final: Path, build, what: str) -> Path:
+    """``final``, built by ``build(tmp)`` into a temporary sibling renamed into place, once across processes.
 
-    The build goes to a temporary directory renamed into place, so concurrent or interrupted builds never leave a
-    half-written pipeline under the final name.
+    A file lock beside it makes concurrent processes (``accelerate launch`` on a fresh cache) build it one at a time
+    (the later ones find it built). Under an initialized process group only rank 0 builds: transformers'
+    ``save_pretrained`` writes weights on rank 0 alone, so another rank's build would lack them; the others wait for
+    rank 0's (every rank resolves the same config at the same point of the run).
     """
+    from filelock import FileLock
+
+    marker = final / "model_index.json" if what == "pipeline" else final
+    if marker.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if torch_distributed_rank() not in (None, 0):
+        deadline = time.monotonic() + TINY_BUILD_WAIT_S
+        while not marker.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{final}: rank 0 did not build this tiny {what} within {TINY_BUILD_WAIT_S} s")
+            time.sleep(0.5)
+        return final
+    with FileLock(str(final) + ".lock"):
+        if not marker.exists():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            build(tmp)
+            os.replace(tmp, final)
+    return final
+
+
+TINY_BUILD_WAIT_S = 600
+
+
+def torch_distributed_rank() -> int | None:
+    """This process's rank in an initialized torch.distributed process group, else ``None``."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def resolve_tiny_model(family: str) -> str:
+    """OmegaConf resolver ``${tiny_model:sd15}``: the path of a tiny random-weight pipeline, built on first use
+    (:func:`build_once`: never half-written under the final name, once across processes)."""
     from diffusion_align.testing import TINY_BUILDERS, build_tiny_pipeline
 
     if family not in TINY_BUILDERS:
         raise ConfigError(f"${{tiny_model:{family}}}: unknown family; expected one of {sorted(TINY_BUILDERS)}")
     final = tiny_model_cache() / f"{family}-{_tiny_zoo_version()}"
-    if not (final / "model_index.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=final.parent))
-        build_tiny_pipeline(family, tmp)
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    return str(final)
+    return str(build_once(final, lambda tmp: build_tiny_pipeline(family, tmp), "pipeline"))
 
 
 def resolve_tiny_data(kind: str) -> str:
@@ -140,15 +168,7 @@ def resolve_tiny_data(kind: str) -> str:
     if kind not in writers:
         raise ConfigError(f"${{tiny_data:{kind}}}: unknown kind; expected one of {sorted(writers)}")
     final = tiny_model_cache().parent / "tiny_data" / f"{kind}-{_tiny_zoo_version()}"
-    if not final.is_dir():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}.", dir=final.parent))
-        writers[kind](tmp)
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    return str(final)
+    return str(build_once(final, writers[kind], "dataset"))
 
 
 def resolve_shapes_model(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -52,3 +53,57 @@ def test_allow_list_is_the_documented_one():
         "peft.",
         "bitsandbytes.optim.",
     )
+
+
+def slow_build(tmp, log):  # a build that takes a while and leaves a trace of every run
+    import time
+
+    with open(log, "a") as handle:
+        handle.write("built\n")
+    time.sleep(0.5)
+    (tmp / "model_index.json").write_text("{}")
+
+
+def build_in_a_process(final, log):
+    from diffusion_align.config import build_once
+
+    built = build_once(Path(final), functools.partial(slow_build, log=log), "pipeline")
+    assert (built / "model_index.json").is_file()
+
+
+def test_concurrent_processes_build_a_tiny_model_once(tmp_path):
+    """`accelerate launch` on a fresh cache: every process resolves ${tiny_model:...} at once; one builds."""
+    import multiprocessing
+
+    final, log = tmp_path / "cache" / "sd15-x", tmp_path / "builds.log"
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=build_in_a_process, args=(str(final), str(log))) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    assert log.read_text() == "built\n" and (final / "model_index.json").is_file()
+    assert not [p.name for p in final.parent.iterdir() if p.name.startswith(".sd15-x.")]  # no temporary left
+
+
+def test_other_ranks_wait_for_rank_0s_tiny_model(tmp_path, monkeypatch):
+    """Under a process group transformers writes weights on rank 0 only: another rank must not build, it waits."""
+    import threading
+
+    import diffusion_align.config as config
+
+    monkeypatch.setattr(config, "torch_distributed_rank", lambda: 1)
+    final = tmp_path / "sd15-x"
+
+    def rank_0_builds():
+        final.mkdir()
+        (final / "model_index.json").write_text("{}")
+
+    timer = threading.Timer(1.0, rank_0_builds)
+    timer.start()
+    assert config.build_once(final, lambda tmp: pytest.fail("rank 1 built"), "pipeline") == final
+    timer.join()
+    monkeypatch.setattr(config, "TINY_BUILD_WAIT_S", 0.2)
+    with pytest.raises(TimeoutError, match="rank 0 did not build this tiny pipeline within 0.2 s"):
+        config.build_once(tmp_path / "never", lambda tmp: None, "pipeline")

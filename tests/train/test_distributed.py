@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from accelerate.utils import DistributedType
+from engine_runs import launch
 from ports import free_port
 from safetensors.torch import load_file
 from same_weights import ATOL, assert_same_weights, lora_b_change
@@ -46,3 +47,12 @@ def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=true"):
         check_distributed_launch(alone)
+
+
+def test_a_loss_non_finite_on_one_process_makes_every_process_skip_the_step(tiny_pairs, tmp_path):
+    """Rank 1's first loss is NaN, rank 0's is finite: both skip that step together (had rank 0 gone on to
+    backward alone, it would wait forever in the gradient all-reduce), and the run finishes."""
+    done = launch("multi_gpu", tmp_path / "ddp", f"data.dataset.paths={tiny_pairs}", "data.loader.batch_size=2",
+                  "trainer.max_steps=2", "method.loss._target_=diffusion_align.testing.faults.dpo_nan_on_process_1_first_call")
+    assert "non-finite loss on another process (here 0.69" in done.stdout + done.stderr
+    assert "Non-finite steps skipped: 1." in (tmp_path / "ddp" / "README.md").read_text()
