@@ -10,8 +10,9 @@ import weakref
 
 import pytest
 import torch
-from engine_runs import assert_lora_equals_one_process
+from engine_runs import assert_lora_equals_one_process, launch, unet_weights
 from safetensors.torch import load_file
+from same_weights import assert_same_weights
 
 from diffusion_align.config import ConfigError
 from diffusion_align.reference import EpochErrors, PrecomputedReference
@@ -99,6 +100,18 @@ def test_each_fsdp_process_precomputes_its_own_batches(run_train, tiny_pairs, tm
     assert_lora_equals_one_process(run_train, tmp_path, "fsdp", common, ["data.loader.batch_size=4"],
                                    ["data.loader.batch_size=2", "reference.precompute=true"])
     assert pass_summary(tmp_path / "fsdp")["precomputed_rows"] == 6  # the main process's 3 batches of 2
+
+
+def test_deepspeed_full_finetune_with_a_precomputed_frozen_copy_equals_one_process(run_train, tiny_pairs, tmp_path):
+    """DeepSpeed ZeRO-2, 2 processes x 2 pairs, each precomputing its batches' errors and releasing its copy, against
+    1 process x 4 pairs with the frozen copy run inline."""
+    pytest.importorskip("deepspeed")
+    common = [f"data.dataset.paths={tiny_pairs}", "model.finetune.mode=full", "reference=frozen_copy",
+              "trainer.max_steps=2", "trainer.optimizer.lr=1e-4", "trainer.max_grad_norm=0"]
+    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
+    launch("deepspeed_zero2", tmp_path / "ds", *common, "data.loader.batch_size=2", "reference.precompute=true")
+    assert_same_weights(unet_weights(single), unet_weights(tmp_path / "ds"))
+    assert pass_summary(tmp_path / "ds")["copy_released"] is True
 
 
 @pytest.mark.parametrize(("overrides", "why"), [
