@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import multiprocessing
 import os
+import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,13 @@ def _tiny_zoo_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def build_once(final: Path, build, what: str) -> Path:
-    """``final``, built by ``build(tmp)`` into a temporary sibling renamed into place, once across processes.
+def build_once(final: Path, build, args: tuple, what: str) -> Path:
+    """``final``, built by ``build(tmp, *args)`` into a temporary sibling renamed into place, once across processes.
 
-    A file lock beside it makes concurrent processes (``accelerate launch`` on a fresh cache) build it one at a time
-    (the later ones find it built). Under an initialized process group only rank 0 builds: transformers'
-    ``save_pretrained`` writes weights on rank 0 alone, so another rank's build would lack them; the others wait for
-    rank 0's (every rank resolves the same config at the same point of the run).
+    A file lock beside it makes concurrent processes (``accelerate launch`` on a fresh cache) build it one at a time;
+    the later ones find it built. Under an initialized process group the build runs in a fresh child process:
+    transformers' ``save_pretrained`` writes weights only on rank 0 of a process group, so a build on any other
+    rank (another node's, with its own cache) would lack them. ``build`` must be a module-level function.
     """
     from filelock import FileLock
 
@@ -117,22 +118,26 @@ def build_once(final: Path, build, what: str) -> Path:
     if marker.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    if torch_distributed_rank() not in (None, 0):
-        deadline = time.monotonic() + TINY_BUILD_WAIT_S
-        while not marker.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{final}: rank 0 did not build this tiny {what} within {TINY_BUILD_WAIT_S} s")
-            time.sleep(0.5)
-        return final
     with FileLock(str(final) + ".lock"):
-        if not marker.exists():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-            build(tmp)
+        if marker.exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        if torch_distributed_rank() is None:
+            build(tmp, *args)
+        else:
+            child = multiprocessing.get_context("spawn").Process(target=build, args=(tmp, *args))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"{final}: building this tiny {what} failed in a child process "
+                                   f"(exit code {child.exitcode}; its error is above)")
+        try:
             os.replace(tmp, final)
+        except OSError:  # another machine's process won on a shared file system
+            if not marker.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-TINY_BUILD_WAIT_S = 600
 
 
 def torch_distributed_rank() -> int | None:
@@ -145,12 +150,18 @@ def torch_distributed_rank() -> int | None:
 def resolve_tiny_model(family: str) -> str:
     """OmegaConf resolver ``${tiny_model:sd15}``: the path of a tiny random-weight pipeline, built on first use
     (:func:`build_once`: never half-written under the final name, once across processes)."""
-    from diffusion_align.testing import TINY_BUILDERS, build_tiny_pipeline
+    from diffusion_align.testing import TINY_BUILDERS
 
     if family not in TINY_BUILDERS:
         raise ConfigError(f"${{tiny_model:{family}}}: unknown family; expected one of {sorted(TINY_BUILDERS)}")
     final = tiny_model_cache() / f"{family}-{_tiny_zoo_version()}"
-    return str(build_once(final, lambda tmp: build_tiny_pipeline(family, tmp), "pipeline"))
+    return str(build_once(final, _build_tiny_pipeline_into, (family,), "pipeline"))
+
+
+def _build_tiny_pipeline_into(tmp: Path, family: str) -> None:
+    from diffusion_align.testing import build_tiny_pipeline
+
+    build_tiny_pipeline(family, tmp)
 
 
 def resolve_tiny_data(kind: str) -> str:
@@ -168,7 +179,7 @@ def resolve_tiny_data(kind: str) -> str:
     if kind not in writers:
         raise ConfigError(f"${{tiny_data:{kind}}}: unknown kind; expected one of {sorted(writers)}")
     final = tiny_model_cache().parent / "tiny_data" / f"{kind}-{_tiny_zoo_version()}"
-    return str(build_once(final, writers[kind], "dataset"))
+    return str(build_once(final, writers[kind], (), "dataset"))
 
 
 def resolve_shapes_model(name: str) -> str:

@@ -67,7 +67,7 @@ def slow_build(tmp, log):  # a build that takes a while and leaves a trace of ev
 def build_in_a_process(final, log):
     from diffusion_align.config import build_once
 
-    built = build_once(Path(final), functools.partial(slow_build, log=log), "pipeline")
+    built = build_once(Path(final), slow_build, (log,), "pipeline")
     assert (built / "model_index.json").is_file()
 
 
@@ -87,23 +87,24 @@ def test_concurrent_processes_build_a_tiny_model_once(tmp_path):
     assert not [p.name for p in final.parent.iterdir() if p.name.startswith(".sd15-x.")]  # no temporary left
 
 
-def test_other_ranks_wait_for_rank_0s_tiny_model(tmp_path, monkeypatch):
-    """Under a process group transformers writes weights on rank 0 only: another rank must not build, it waits."""
-    import threading
+def build_recording_the_process(tmp, log):
+    import os
+
+    with open(log, "w") as handle:
+        handle.write(str(os.getpid()))
+    (tmp / "model_index.json").write_text("{}")
+
+
+def test_under_a_process_group_the_build_runs_in_a_child_process(tmp_path, monkeypatch):
+    """transformers writes weights on rank 0 of a process group only: the build goes to a process without one."""
+    import os
 
     import diffusion_align.config as config
 
     monkeypatch.setattr(config, "torch_distributed_rank", lambda: 1)
-    final = tmp_path / "sd15-x"
-
-    def rank_0_builds():
-        final.mkdir()
-        (final / "model_index.json").write_text("{}")
-
-    timer = threading.Timer(1.0, rank_0_builds)
-    timer.start()
-    assert config.build_once(final, lambda tmp: pytest.fail("rank 1 built"), "pipeline") == final
-    timer.join()
-    monkeypatch.setattr(config, "TINY_BUILD_WAIT_S", 0.2)
-    with pytest.raises(TimeoutError, match="rank 0 did not build this tiny pipeline within 0.2 s"):
-        config.build_once(tmp_path / "never", lambda tmp: None, "pipeline")
+    log = tmp_path / "pid"
+    built = config.build_once(tmp_path / "sd15-x", build_recording_the_process, (str(log),), "pipeline")
+    assert (built / "model_index.json").is_file() and int(log.read_text()) != os.getpid()
+    with pytest.raises(RuntimeError, match="building this tiny pipeline failed in a child process"):
+        config.build_once(tmp_path / "broken", build_recording_the_process, (str(tmp_path / "no" / "pid"),), "pipeline")
+    assert not (tmp_path / "broken").exists()

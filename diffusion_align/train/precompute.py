@@ -104,6 +104,8 @@ def precompute_reference(
     """
     if not isinstance(reference, (LoraDisabledReference, FrozenReference)):
         raise TypeError(f"cannot precompute the errors of {type(reference).__name__}")
+    if len(loader) == 0:
+        raise RuntimeError("the training data loader yields no batch: there is nothing to precompute or train on")
     started, tables, rows, total = time.time(), {}, 0, 0
     progress = tqdm(desc="reference errors", unit="batch", disable=not accelerator.is_local_main_process)
     while steps > 0:
