@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffusion_align.train.sharding import copy_whole_into, whole_trainable
+from diffusion_align.train.sharding import copy_whole_into, inner_optimizer, whole_trainable
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,7 @@ def restore_state(file: Path, into, saved: dict, load=None) -> None:
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     """The optimizer's class (inside accelerate's wrapper and DeepSpeed's ZeRO optimizer), recorded in each
     checkpoint."""
-    inner = optimizer
-    while (nested := getattr(inner, "optimizer", None)) is not None and nested is not inner:
-        inner = nested
-    return type(inner).__name__
+    return type(inner_optimizer(optimizer)).__name__
 
 
 def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, init_empty_weights
-from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import DistributedType, set_module_tensor_to_device
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -77,12 +76,14 @@ def check_engine(accelerator: Accelerator) -> None:
 
 
 def check_optimizer(accelerator: Accelerator, target: str) -> None:
-    """Under FSDP2 or DeepSpeed only ``torch.optim`` optimizers, Adafactor excepted: Adafactor (transformers' or torch's) fails on FSDP's DTensors and
-    under ZeRO sees flat partitions instead of the weights' shapes (it would stop factoring its second moments and
-    clip per partition); bitsandbytes' 8-bit Adam likewise quantizes by blocks of what it is handed."""
+    """Under FSDP2 or DeepSpeed only ``torch.optim`` optimizers, Adafactor excepted: Adafactor (transformers' or
+    torch's) fails on FSDP's DTensors and under ZeRO sees flat partitions instead of the weights' shapes (it would stop
+    factoring its second moments and clip per partition); bitsandbytes' 8-bit Adam likewise quantizes by blocks of
+    what it is handed."""
     engine = accelerator.distributed_type
     factored = target.rsplit(".", 1)[-1] == "Adafactor"  # torch.optim.Adafactor factors by shape too
-    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (factored or not target.startswith("torch.optim.")):
+    accepted = target.startswith("torch.optim.") and not factored
+    if engine in (DistributedType.FSDP, DistributedType.DEEPSPEED) and not accepted:
         raise ConfigError(f"trainer.optimizer {target} is not supported under {engine.value}: use "
                           "trainer/optimizer=adamw (torch.optim.AdamW), or DDP (conf/accelerate/multi_gpu.yaml)")
 
@@ -240,7 +241,11 @@ def copy_whole_into(param: Tensor, value: Tensor) -> None:
 
 
 def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+    """The optimizer inside its wrappers (accelerate's ``AcceleratedOptimizer``, DeepSpeed's ZeRO optimizer), each of
+    which holds the next as ``.optimizer``."""
+    while (nested := getattr(optimizer, "optimizer", None)) is not None and nested is not optimizer:
+        optimizer = nested
+    return optimizer
 
 
 def optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
