@@ -61,7 +61,7 @@ def measure(args) -> dict:
 
     from diffusion_align.config import build
     from diffusion_align.testing.data import write_tiny_pairwise_parquet
-    from diffusion_align.train.data import make_loader
+    from diffusion_align.train.data import epoch_batches, make_loader
     from diffusion_align.train.loop import (
         WEIGHT_DTYPES,
         apply_speed_options,
@@ -102,9 +102,7 @@ def measure(args) -> dict:
     step_peak = 0
     times, step, epoch = [], 0, 0
     while step < args.warmup + args.steps:
-        loader.set_epoch(epoch)
-        loader.dataset.set_epoch(epoch)
-        for batch in loader:
+        for batch in epoch_batches(accelerator, loader, epoch):
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()

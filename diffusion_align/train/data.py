@@ -102,3 +102,12 @@ def make_loader(cfg: DictConfig, adapter) -> DataLoader:
         pin_memory=loader_cfg.pin_memory,
         drop_last=True,
     )
+
+
+def epoch_batches(accelerator, loader: DataLoader, epoch: int, skip: int = 0):
+    """The (prepared) loader's batches of ``epoch``: the sampler's seeded order and the dataset's augmentation and
+    prompt dropout for that epoch, the first ``skip`` batches left out (a resume). Training and the reference's
+    precompute pass walk the data through this one function, so they see the same batches."""
+    loader.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    return accelerator.skip_first_batches(loader, skip) if skip else loader

@@ -41,7 +41,7 @@ from diffusion_align.train.checkpoint import (
     staging_dir,
 )
 from diffusion_align.train.compile import compile_denoiser, compile_mode
-from diffusion_align.train.data import make_loader
+from diffusion_align.train.data import epoch_batches, make_loader
 from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
@@ -91,7 +91,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     loader: object
-    dataset: object
     ema: EMAModel | None
     out_dir: Path
     state: LoopState = field(default_factory=LoopState)
@@ -130,7 +129,6 @@ def run(cfg: DictConfig) -> Path:
     method = make_method(cfg, adapter)
     with accelerator.main_process_first():  # the latent cache is built once, by the main process
         loader = make_loader(cfg, adapter)
-    dataset = loader.dataset
     optimizer = make_optimizer(params)
     scheduler = get_scheduler(
         trainer.lr_scheduler.name,
@@ -144,8 +142,7 @@ def run(cfg: DictConfig) -> Path:
     ema = None
     if trainer.ema.enabled:  # float32 averages, also of weights an engine keeps in bf16 (DeepSpeed)
         ema = EMAModel([p if p.dtype == torch.float32 else p.detach().float() for p in params], decay=trainer.ema.decay)
-    r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, dataset, ema,
-            out_dir)
+    r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, ema, out_dir)
     resume(r)
     if cfg.reference.get("precompute", False):  # after resume: the pass starts where training will
         r.reference = precompute_reference(
@@ -330,10 +327,7 @@ def train(r: Run, stop: StopSignals) -> int | None:
     averager = MetricAverager()
     progress = tqdm(total=trainer.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     while state.step < trainer.max_steps:
-        r.loader.set_epoch(state.epoch)  # the sampler's order
-        r.dataset.set_epoch(state.epoch)  # augmentation and prompt dropout
-        batches = accelerator.skip_first_batches(r.loader, state.batch_in_epoch) if state.batch_in_epoch else r.loader
-        for batch in batches:
+        for batch in epoch_batches(accelerator, r.loader, state.epoch, state.batch_in_epoch):
             state.batch_in_epoch += 1
             out = optimization_step(r, batch)
             averager.add(out.metrics, loss=out.loss)

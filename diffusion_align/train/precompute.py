@@ -34,6 +34,7 @@ from diffusion_align.reference import (
     LoraDisabledReference,
     PrecomputedReference,
 )
+from diffusion_align.train.data import epoch_batches
 from diffusion_align.train.sharding import autocast
 from diffusion_align.train.step import noised_batch, reference_errors
 
@@ -95,7 +96,7 @@ def precompute_reference(
     """Run the pass (module docstring) and return the reference that replaces ``reference``.
 
     Args:
-        loader: the prepared training loader (``set_epoch``; its dataset's ``set_epoch`` too), as the loop walks it.
+        loader: the prepared training loader, walked as the loop walks it (:func:`~diffusion_align.train.data.epoch_batches`).
         steps: optimizer steps still to train; ``accumulation``: micro-batches per step.
         epoch, batch_in_epoch: where training starts (a resume point).
         policy: the wrapped denoiser (the noising of some methods runs it; forward noising does not).
@@ -112,12 +113,9 @@ def precompute_reference(
         if batch_in_epoch >= len(loader):  # a checkpoint of an epoch's last step: training goes on with the next
             epoch, batch_in_epoch = epoch + 1, 0
             continue
-        loader.set_epoch(epoch)
-        loader.dataset.set_epoch(epoch)
         take, taken_steps = micro_batches_per_epoch(len(loader) - batch_in_epoch, accumulation, steps)
-        batches = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
         index, values = [], []
-        for n, batch in enumerate(batches):
+        for n, batch in enumerate(epoch_batches(accelerator, loader, epoch, batch_in_epoch)):
             if n == take:
                 break
             with torch.no_grad(), autocast(accelerator):
