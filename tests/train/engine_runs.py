@@ -22,11 +22,17 @@ from same_weights import ATOL, assert_same_weights, lora_b_change
 LAUNCHER = Path(__file__).with_name("engines_on_cpu.py")
 
 
+ENGINES_NEEDING_THE_LAUNCHER = ("fsdp", "deepspeed_zero2")
+
+
 def launch(config: str, out_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file conf/accelerate/<config>.yaml --num_processes 2 ... train debug=tiny``."""
+    """``accelerate launch --config_file conf/accelerate/<config>.yaml --num_processes 2 ... train debug=tiny``:
+    FSDP and DeepSpeed through ``engines_on_cpu.py``, any other config (DDP) as users run it, ``-m
+    diffusion_align.cli``."""
     config_file = files("diffusion_align.conf") / "accelerate" / f"{config}.yaml"
+    program = [str(LAUNCHER)] if config in ENGINES_NEEDING_THE_LAUNCHER else ["-m", "diffusion_align.cli"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "--num_processes",
-           "2", "--main_process_port", str(free_port()), str(LAUNCHER), "train", "debug=tiny", *overrides,
+           "2", "--main_process_port", str(free_port()), *program, "train", "debug=tiny", *overrides,
            f"hydra.run.dir={out_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

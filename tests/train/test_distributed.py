@@ -10,35 +10,20 @@ processes, so the two runs see the same rows with the same randomness; DDP avera
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from importlib.resources import files
 from types import SimpleNamespace
 
 import pytest
 from accelerate.utils import DistributedType
-from engine_runs import launch
-from ports import free_port
-from safetensors.torch import load_file
-from same_weights import ATOL, assert_same_weights, lora_b_change
+from engine_runs import assert_lora_equals_one_process, launch
 
 from diffusion_align.train.loop import check_distributed_launch
 
 
 def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(run_train, tiny_pairs, tmp_path):
     common = [f"data.dataset.paths={tiny_pairs}", "trainer.max_steps=3", "trainer.optimizer.lr=1e-4",
-              "trainer.max_grad_norm=0", "debug=tiny"]
-    single = run_train(tmp_path / "single", *common, "data.loader.batch_size=4")
-    ddp = tmp_path / "ddp"
-    config = files("diffusion_align.conf") / "accelerate" / "multi_gpu.yaml"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "diffusion_align.cli", "train", *common, "data.loader.batch_size=2", f"hydra.run.dir={ddp}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert done.returncode == 0, done.stderr[-4000:]
-    expected = load_file(single / "pytorch_lora_weights.safetensors")
-    assert_same_weights(expected, load_file(ddp / "pytorch_lora_weights.safetensors"))
-    assert lora_b_change(expected) > 20 * ATOL
+              "trainer.max_grad_norm=0"]
+    assert_lora_equals_one_process(run_train, tmp_path, "multi_gpu", common, ["data.loader.batch_size=4"],
+                                   ["data.loader.batch_size=2"])
 
 
 def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
