@@ -32,6 +32,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from diffusion_align.io import write_atomic
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"  # the same LoRA under kohya's key names (AUTOMATIC1111, ComfyUI, ...)
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
@@ -132,13 +134,9 @@ def kohya_state_dict(denoiser: nn.Module, prefix: str = "unet") -> dict[str, tor
 
 def save_lora_kohya(denoiser: nn.Module, directory: str | Path, prefix: str = "unet") -> Path:
     """Write ``directory/lora_kohya.safetensors`` (:func:`kohya_state_dict`), beside its place and renamed into it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / KOHYA_WEIGHT_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(kohya_state_dict(denoiser, prefix), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-    return path
+    state = kohya_state_dict(denoiser, prefix)
+    return write_atomic(Path(directory) / KOHYA_WEIGHT_NAME,
+                        lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def check_lora_file(file: str | Path, denoiser: nn.Module, prefix: str | None = None) -> int:
