@@ -68,6 +68,22 @@ def test_saved_pipeline_loads_with_stock_diffusers_and_samples_clips(trained):
     assert record["transformer_steps_done"] == 2 and record["steps"] == 2 and "unet_steps_done" not in record
 
 
+def test_a_new_transformer_can_start_from_a_saved_text_encoder_under_bf16_autocast(trained, tmp_path):
+    """``--text-from``: a new (here 2 x 2-patch) transformer trains with a saved pipeline's text encoder, not a random
+    one (lr 0 keeps it exactly); ``--autocast bf16`` runs the forwards in bfloat16 and keeps float32 weights."""
+    cfg = VideoTrainConfig(vae_from=str(trained / "vae"), text_from=str(trained), autocast="bf16", patch=2,
+                           transformer_layers=1, transformer_heads=1, renders_per_prompt=1, max_prompts=2, steps=1,
+                           batch=2, lr=0.0, ema_decay=0.0, save_every=0)
+    out = train_pipeline(tmp_path / "p2", cfg)
+    new, source = (WanPipeline.from_pretrained(str(path)) for path in (out, trained))
+    assert tuple(new.transformer.config.patch_size) == (1, 2, 2) and new.transformer.dtype == torch.float32
+    for (name, value), (_, expected) in zip(new.text_encoder.state_dict().items(),
+                                            source.text_encoder.state_dict().items(), strict=True):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="--autocast 'fp8'"):
+        train_pipeline(tmp_path / "bad", VideoTrainConfig(autocast="fp8"))
+
+
 def test_training_prompt_embeddings_equal_the_pipelines(trained):
     """The denoiser trains on exactly what WanPipeline.encode_prompt gives it at sampling time (512 positions,
     zeros past each prompt), so the shipped model sees no train/sample mismatch."""
