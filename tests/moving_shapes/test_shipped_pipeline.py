@@ -1,7 +1,7 @@
 """The shipped Moving Shapes pipeline: a stock diffusers ``WanPipeline`` directory that samples prompt-coloured clips.
 
 It is an interim model (README, "The Moving Shapes world"): its samples have the prompt's background and mostly its
-colour, not yet its shape or motion. These tests pin what it does: load, architecture, and those two attributes
+colour, seldom its shape or motion. These tests pin what it does: load, architecture, and those two attributes
 against the chance level of a render of a random prompt (background 0.10, colour 0.10 under the exact reward).
 """
 
@@ -38,14 +38,15 @@ def test_loads_with_stock_diffusers_as_the_wan_architecture(pipe):
     assert isinstance(pipe.text_encoder, UMT5EncoderModel)
     assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == FLOW_SHIFT
     assert (pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial) == (2, 2)
-    assert tuple(pipe.transformer.config.patch_size) == (1, 4, 4)
+    assert tuple(pipe.transformer.config.patch_size) == (1, 2, 2)
     total = sum(p.numel() for module in (pipe.vae, pipe.text_encoder, pipe.transformer) for p in module.parameters())
     assert total < 5_000_000  # "a few MB" in the repository
 
 
 def test_training_config_records_how_it_was_trained():
     config = json.loads((shipped_pipeline_path() / "training_config.json").read_text())
-    assert config["transformer_steps_done"] == 4000 and len(config["lineage"]) == 3
+    assert config["transformer_steps_done"] == 4500 and len(config["lineage"]) == 4
+    assert config["patch"] == 2 and config["autocast"] == "bf16"
 
 
 def test_held_out_samples_have_the_prompts_background_and_mostly_its_colour(pipe):
@@ -57,5 +58,5 @@ def test_held_out_samples_have_the_prompts_background_and_mostly_its_colour(pipe
     clips = (np.asarray(frames) * 255).round().clip(0, 255).astype(np.uint8)
     assert clips.shape == (12, FRAMES, FRAME_SIZE, FRAME_SIZE, 3)
     scores = MovingShapesReward().components(clips, [p.text for p in prompts])
-    assert scores["background"].mean() > 0.9  # 1.00 on 48 held-out prompts
-    assert scores["color"].mean() > 0.3  # 0.63 on 48; chance 0.10
+    assert scores["background"].mean() > 0.9  # 1.00 on 162 held-out prompts
+    assert scores["color"].mean() > 0.3  # 0.77 on 162; chance 0.10
