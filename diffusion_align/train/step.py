@@ -106,6 +106,10 @@ class NoisedBatch:
     k: int
     segments: int | None
 
+    def errors(self, pred: Tensor) -> Tensor:
+        """``[B, K(, S)]`` errors of predictions ``pred`` ``[B·K, ...]`` against these inputs' targets."""
+        return per_sample_error(pred, self.target, segments=self.segments).unflatten(0, (self.b, self.k))
+
 
 def noised_batch(
     adapter: DiffusionAdapter,
@@ -143,9 +147,7 @@ def noised_batch(
 def reference_errors(reference, inputs: NoisedBatch) -> Tensor | None:
     """``[B, K(, S)]`` errors of the reference's predictions on ``inputs`` (``None`` without a reference)."""
     ref_pred = reference.predict(inputs.noisy, inputs.flat_t, inputs.cond)
-    if ref_pred is None:
-        return None
-    return per_sample_error(ref_pred, inputs.target, segments=inputs.segments).unflatten(0, (inputs.b, inputs.k))
+    return None if ref_pred is None else inputs.errors(ref_pred)
 
 
 def preference_step(
@@ -171,7 +173,7 @@ def preference_step(
     """
     inputs = noised_batch(adapter, method, batch, epoch=epoch, seed=seed, policy=policy)
     pred = adapter.predict(inputs.noisy, inputs.flat_t, inputs.cond, denoiser=policy)
-    err = per_sample_error(pred, inputs.target, segments=inputs.segments).unflatten(0, (inputs.b, inputs.k))
+    err = inputs.errors(pred)
     lookup = getattr(reference, "lookup", None)
     ref_err = lookup(batch.index, epoch, err.device) if lookup else reference_errors(reference, inputs)
     weights = None if method.weight_fn is None else method.weight_fn(inputs.t)
