@@ -104,8 +104,11 @@ def _tiny_zoo_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def build_once(final: Path, build, args: tuple, what: str) -> Path:
+def build_once(final: Path, build, args: tuple, what: str, marker: str = "") -> Path:
     """``final``, built by ``build(tmp, *args)`` into a temporary sibling renamed into place, once across processes.
+
+    ``final / marker`` existing means built (``marker`` empty: ``final`` itself, e.g. a file); ``what`` names the
+    thing in errors.
 
     A file lock beside it makes concurrent processes (``accelerate launch`` on a fresh cache) build it one at a time;
     the later ones find it built. Under an initialized process group the build runs in a fresh child process:
@@ -114,7 +117,7 @@ def build_once(final: Path, build, args: tuple, what: str) -> Path:
     """
     from filelock import FileLock
 
-    marker = final / "model_index.json" if what == "pipeline" else final
+    marker = final / marker if marker else final
     if marker.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,7 @@ def resolve_tiny_model(family: str) -> str:
     if family not in TINY_BUILDERS:
         raise ConfigError(f"${{tiny_model:{family}}}: unknown family; expected one of {sorted(TINY_BUILDERS)}")
     final = tiny_model_cache() / f"{family}-{_tiny_zoo_version()}"
-    return str(build_once(final, _build_tiny_pipeline_into, (family,), "pipeline"))
+    return str(build_once(final, _build_tiny_pipeline_into, (family,), "pipeline", marker="model_index.json"))
 
 
 def _build_tiny_pipeline_into(tmp: Path, family: str) -> None:

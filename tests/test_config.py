@@ -67,7 +67,7 @@ def slow_build(tmp, log):  # a build that takes a while and leaves a trace of ev
 def build_in_a_process(final, log):
     from diffusion_align.config import build_once
 
-    built = build_once(Path(final), slow_build, (log,), "pipeline")
+    built = build_once(Path(final), slow_build, (log,), "pipeline", marker="model_index.json")
     assert (built / "model_index.json").is_file()
 
 
@@ -103,8 +103,10 @@ def test_under_a_process_group_the_build_runs_in_a_child_process(tmp_path, monke
 
     monkeypatch.setattr(config, "torch_distributed_rank", lambda: 1)
     log = tmp_path / "pid"
-    built = config.build_once(tmp_path / "sd15-x", build_recording_the_process, (str(log),), "pipeline")
+    built = config.build_once(tmp_path / "sd15-x", build_recording_the_process, (str(log),), "pipeline",
+                              marker="model_index.json")
     assert (built / "model_index.json").is_file() and int(log.read_text()) != os.getpid()
     with pytest.raises(RuntimeError, match="building this tiny pipeline failed in a child process"):
-        config.build_once(tmp_path / "broken", build_recording_the_process, (str(tmp_path / "no" / "pid"),), "pipeline")
+        config.build_once(tmp_path / "broken", build_recording_the_process, (str(tmp_path / "no" / "pid"),), "pipeline",
+                           marker="model_index.json")
     assert not (tmp_path / "broken").exists()
