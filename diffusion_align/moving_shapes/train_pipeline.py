@@ -428,6 +428,9 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     out = Path(out)
     if cfg.autocast not in ("", "bf16"):
         raise ValueError(f"--autocast {cfg.autocast!r}: expected '' (float32) or 'bf16'")
+    if cfg.init_from and cfg.text_from:
+        raise ValueError(f"--text-from {cfg.text_from!r} with --init-from {cfg.init_from!r}: --init-from continues "
+                         "that pipeline's own text encoder; give --text-from only to start a new transformer")
     torch.set_num_threads(cfg.threads)
     if cfg.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

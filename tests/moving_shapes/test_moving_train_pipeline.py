@@ -80,8 +80,16 @@ def test_a_new_transformer_can_start_from_a_saved_text_encoder_under_bf16_autoca
     for (name, value), (_, expected) in zip(new.text_encoder.state_dict().items(),
                                             source.text_encoder.state_dict().items(), strict=True):
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+
+
+def test_options_that_cannot_go_together_are_refused_before_any_work(tmp_path):
+    """An unknown autocast, and ``--text-from`` with ``--init-from`` (the continued pipeline's own text encoder would
+    silently win), fail at once and write nothing."""
     with pytest.raises(ValueError, match="--autocast 'fp8'"):
         train_pipeline(tmp_path / "bad", VideoTrainConfig(autocast="fp8"))
+    with pytest.raises(ValueError, match="--text-from 'a' with --init-from 'b'"):
+        train_pipeline(tmp_path / "bad", VideoTrainConfig(text_from="a", init_from="b"))
+    assert not list(tmp_path.iterdir())
 
 
 def test_training_prompt_embeddings_equal_the_pipelines(trained):
