@@ -29,8 +29,9 @@ step of 32 clips takes 1.1 s against 1.5 s in float32 (the 21,600 clips are rend
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +84,11 @@ class VideoTrainConfig:
     decoder_lr: float = 5e-4
     object_weight: float = 10.0  # stage 1b: weight of the object's pixels against the background's
     vae_from: str = ""  # a saved autoencoder directory: skip stage 1
-    init_from: str = ""  # a saved Moving Shapes pipeline: stage 2 continues from its transformer and text encoder
+    init_from: str = ""  # a saved Moving Shapes pipeline: stage 2 continues its transformer and text encoder (and
+    #                      training_config.json its lineage, this run added as a stage)
     text_from: str = ""  # a saved Moving Shapes pipeline whose text encoder starts a new transformer's training
     max_prompts: int = 0  # train on an evenly spaced subset of this many training prompts (0: all 5,400)
-    transformer_layers: int = 4  # a new transformer's blocks (ignored with init_from)
+    transformer_layers: int = 4  # a new transformer's blocks (with init_from: the continued one's, as recorded)
     transformer_heads: int = 4  # its attention heads of 32 channels: width = 32 x heads
     patch: int = 4  # its spatial patch side in latent pixels; width must be >= patch x patch x 8
     device: str = "cpu"  # cpu | cuda (float32 weights; TF32 matmuls on a GPU)
@@ -423,6 +425,31 @@ def reconstruction_error(vae: AutoencoderKLWan, seed: int) -> float:
     return float(F.mse_loss(decoded, pixels))
 
 
+def continuation(cfg: VideoTrainConfig) -> tuple[VideoTrainConfig, dict]:
+    """With ``init_from``: ``cfg`` with the continued transformer's own blocks, heads and patch (the options for a new
+    one do not apply to it), and the record that carries the source's ``lineage`` forward with this run as its last
+    stage; without it, ``cfg`` unchanged and an empty record."""
+    if not cfg.init_from:
+        return cfg, {}
+    source = Path(cfg.init_from)
+    architecture = WanTransformer3DModel.load_config(str(source), subfolder="transformer")
+    cfg = replace(cfg, transformer_layers=architecture["num_layers"],
+                  transformer_heads=architecture["num_attention_heads"], patch=architecture["patch_size"][1])
+    recorded = source / "training_config.json"
+    previous = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    lineage = list(previous.get("lineage", []))
+    if not lineage:
+        lineage.append(f"0: {source} ({previous.get('transformer_steps_done', 'an unrecorded number of')} "
+                       "transformer steps; no lineage recorded)")
+    lineage.append(
+        f"{len(lineage)}: continued from {source} at its transformer step "
+        f"{previous.get('transformer_steps_done', '?')}: +{cfg.steps} steps of {cfg.batch} clips, lr {cfg.lr:g} "
+        f"(warmup + cosine), EMA {cfg.ema_decay:g}, {cfg.renders_per_prompt} renders per training "
+        f"prompt of seed {cfg.seed}{', bfloat16 autocast' if cfg.autocast == 'bf16' else ''}"
+    )
+    return cfg, {"lineage": lineage}
+
+
 def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     """Run all stages and save the pipeline into ``out`` (with ``training_config.json``); returns ``out``."""
     out = Path(out)
@@ -431,6 +458,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
     if cfg.init_from and cfg.text_from:
         raise ValueError(f"--text-from {cfg.text_from!r} with --init-from {cfg.init_from!r}: --init-from continues "
                          "that pipeline's own text encoder; give --text-from only to start a new transformer")
+    cfg, record = continuation(cfg)
     torch.set_num_threads(cfg.threads)
     if cfg.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -465,7 +493,7 @@ def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:
         vae.save_pretrained(out.with_name(out.name + ".vae"))
 
     def checkpoint(transformer, text_encoder, step):
-        save_pipeline(assemble(vae, text_encoder, tokenizer, transformer), out, cfg, step, "transformer")
+        save_pipeline(assemble(vae, text_encoder, tokenizer, transformer), out, cfg, step, "transformer", record)
         log(f"saved {out} at transformer step {step}")
 
     transformer, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, encoded, log, checkpoint)

@@ -362,16 +362,18 @@ def assemble(
     )
 
 
-def save_pipeline(pipeline: DiffusionPipeline, out: Path, cfg, step: int, denoiser: str = "unet") -> None:
+def save_pipeline(pipeline: DiffusionPipeline, out: Path, cfg, step: int, denoiser: str = "unet",
+                  record: dict | None = None) -> None:
     """Save into ``out`` atomically: write a sibling temp directory, then swap it in.
 
-    ``training_config.json`` records ``cfg`` (a training-config dataclass of either world) and
-    ``{denoiser}_steps_done``."""
+    ``training_config.json`` records ``cfg`` (a training-config dataclass of either world),
+    ``{denoiser}_steps_done`` and the entries of ``record`` (e.g. the lineage of a continued model)."""
     staging = out.with_name(out.name + ".saving")
     if staging.exists():
         shutil.rmtree(staging)
     pipeline.save_pretrained(staging)
-    (staging / "training_config.json").write_text(json.dumps({**asdict(cfg), f"{denoiser}_steps_done": step}, indent=2) + "\n")
+    recorded = {**asdict(cfg), f"{denoiser}_steps_done": step, **(record or {})}
+    (staging / "training_config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

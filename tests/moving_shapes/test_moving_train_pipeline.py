@@ -82,6 +82,26 @@ def test_a_new_transformer_can_start_from_a_saved_text_encoder_under_bf16_autoca
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
 
 
+def test_a_continued_model_records_its_real_architecture_and_the_whole_lineage(trained, tmp_path):
+    """``--init-from``: the new-transformer options do not apply, so the record holds the continued transformer's
+    blocks, heads and patch, not the options given; each continuation adds one stage to the source's lineage."""
+    def continue_from(source, out, seed):
+        cfg = VideoTrainConfig(vae_from=str(trained / "vae"), init_from=str(source), seed=seed, patch=2,
+                               transformer_layers=1, renders_per_prompt=1, max_prompts=2, steps=1, batch=2, lr=0.0,
+                               ema_decay=0.0, save_every=0)
+        return json.loads((train_pipeline(tmp_path / out, cfg) / "training_config.json").read_text())
+
+    first = continue_from(trained, "once", seed=5)
+    assert (first["transformer_layers"], first["transformer_heads"], first["patch"]) == (4, 4, 4)
+    assert first["transformer_steps_done"] == 1 and len(first["lineage"]) == 2
+    assert first["lineage"][0] == f"0: {trained} (2 transformer steps; no lineage recorded)"
+    assert first["lineage"][1].startswith(f"1: continued from {trained} at its transformer step 2: +1 steps of 2 clips")
+    assert "of seed 5" in first["lineage"][1]
+    second = continue_from(tmp_path / "once", "twice", seed=6)
+    assert second["lineage"][:2] == first["lineage"] and len(second["lineage"]) == 3
+    assert second["lineage"][2].startswith(f"2: continued from {tmp_path / 'once'} at its transformer step 1:")
+
+
 def test_options_that_cannot_go_together_are_refused_before_any_work(tmp_path):
     """An unknown autocast, and ``--text-from`` with ``--init-from`` (the continued pipeline's own text encoder would
     silently win), fail at once and write nothing."""
