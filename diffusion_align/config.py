@@ -117,12 +117,12 @@ def build_once(final: Path, build, args: tuple, what: str, marker: str = "") -> 
     """
     from filelock import FileLock
 
-    marker = final / marker if marker else final
-    if marker.exists():
+    built = final / marker if marker else final
+    if built.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        if marker.exists():
+        if built.exists():
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         if torch_distributed_rank() is None:
@@ -137,7 +137,7 @@ def build_once(final: Path, build, args: tuple, what: str, marker: str = "") -> 
         try:
             os.replace(tmp, final)
         except OSError:  # another machine's process won on a shared file system
-            if not marker.exists():
+            if not built.exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     return final
