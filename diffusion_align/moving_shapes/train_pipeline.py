@@ -29,7 +29,6 @@ step of 32 clips takes 1.1 s against 1.5 s in float32 (the 21,600 clips are rend
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 from diffusion_align.moving_shapes.render import render_clips
 from diffusion_align.moving_shapes.world import FRAME_SIZE, FRAMES, MovingShapesPrompt, split_prompts
 from diffusion_align.shapes.train_pipeline import (
+    continued_record,
     parse_training_args,
     save_averaged,
     save_pipeline,
@@ -436,19 +436,10 @@ def continuation(cfg: VideoTrainConfig) -> tuple[VideoTrainConfig, dict]:
     architecture = WanTransformer3DModel.load_config(str(source), subfolder="transformer")
     cfg = replace(cfg, transformer_layers=architecture["num_layers"],
                   transformer_heads=architecture["num_attention_heads"], patch=architecture["patch_size"][1])
-    recorded = source / "training_config.json"
-    previous = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    lineage = list(previous.get("lineage", []))
-    if not lineage:
-        lineage.append(f"0: {source} ({previous.get('transformer_steps_done', 'an unrecorded number of')} "
-                       "transformer steps; no lineage recorded)")
-    lineage.append(
-        f"{len(lineage)}: continued from {source} at its transformer step "
-        f"{previous.get('transformer_steps_done', '?')}: +{cfg.steps} steps of {cfg.batch} clips, lr {cfg.lr:g} "
-        f"(warmup + cosine), EMA {cfg.ema_decay:g}, {cfg.renders_per_prompt} renders per training "
-        f"prompt of seed {cfg.seed}{', bfloat16 autocast' if cfg.autocast == 'bf16' else ''}"
-    )
-    return cfg, {"lineage": lineage}
+    return cfg, continued_record(source, "transformer", (
+        f"+{cfg.steps} steps of {cfg.batch} clips, lr {cfg.lr:g} (warmup + cosine), EMA {cfg.ema_decay:g}, "
+        f"{cfg.renders_per_prompt} renders per training prompt of seed {cfg.seed}"
+        f"{', bfloat16 autocast' if cfg.autocast == 'bf16' else ''}"))
 
 
 def train_pipeline(out: str | Path, cfg: VideoTrainConfig) -> Path:

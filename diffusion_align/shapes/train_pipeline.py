@@ -93,7 +93,8 @@ class TrainConfig:
     save_every: int = 250
     threads: int = 1
     vae_from: str = ""  # a saved autoencoder directory: skip stage 1
-    init_from: str = ""  # a saved Shapes pipeline: stage 2 continues from its UNet and text encoder
+    init_from: str = ""  # a saved Shapes pipeline: stage 2 continues from its UNet and text encoder (and
+    #                      training_config.json its lineage, this run added as a stage)
 
 
 def build_vae() -> AutoencoderKL:
@@ -362,6 +363,23 @@ def assemble(
     )
 
 
+def continued_record(source: str | Path, denoiser: str, run: str) -> dict:
+    """``training_config.json`` entries of a run continued from the saved pipeline ``source`` (either world): its
+    ``lineage`` (one line standing for it when it recorded none) with this run, described by ``run``, as the next
+    stage."""
+    source = Path(source)
+    recorded = source / "training_config.json"
+    previous = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    done = previous.get(f"{denoiser}_steps_done")
+    lineage = list(previous.get("lineage", []))
+    if not lineage:
+        lineage.append(f"0: {source} ({'an unrecorded number of' if done is None else done} {denoiser} steps; "
+                       "no lineage recorded)")
+    lineage.append(f"{len(lineage)}: continued from {source} at its {denoiser} step {'?' if done is None else done}: "
+                   f"{run}")
+    return {"lineage": lineage}
+
+
 def save_pipeline(pipeline: DiffusionPipeline, out: Path, cfg, step: int, denoiser: str = "unet",
                   record: dict | None = None) -> None:
     """Save into ``out`` atomically: write a sibling temp directory, then swap it in.
@@ -403,8 +421,13 @@ def train_pipeline(out: str | Path, cfg: TrainConfig) -> Path:
         vae.save_pretrained(out.with_name(out.name + ".vae"))
     log(f"vae reconstruction MSE on held-out renders: {reconstruction_error(vae, cfg.seed + 3):.5f}")
 
+    record = continued_record(cfg.init_from, "unet", (
+        f"+{cfg.unet_steps} steps of {cfg.unet_batch} images, lr {cfg.unet_lr:g} (warmup + cosine), "
+        f"{cfg.prediction_type}, {cfg.schedule} betas, EMA {cfg.ema_decay:g}")) if cfg.init_from else {}
+
     def checkpoint(unet, text_encoder, step):
-        save_pipeline(assemble(vae, text_encoder, tokenizer, unet, cfg.schedule, cfg.prediction_type), out, cfg, step)
+        save_pipeline(assemble(vae, text_encoder, tokenizer, unet, cfg.schedule, cfg.prediction_type), out, cfg, step,
+                      record=record)
         log(f"saved {out} at unet step {step}")
 
     unet, text_encoder = train_denoiser(cfg, vae, tokenizer, prompts, log, checkpoint)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -10,6 +12,7 @@ from diffusion_align.shapes.train_pipeline import (
     SCHEDULES,
     TrainConfig,
     assemble,
+    continued_record,
     parse_training_args,
     train_pipeline,
 )
@@ -61,3 +64,33 @@ def test_unknown_schedule_is_refused(tmp_path):
 def test_command_line_options_are_the_config_fields():
     out, cfg = parse_training_args(TrainConfig, "train", ["--out", "dir", "--unet-steps", "7", "--prediction-type", "epsilon"])
     assert out == "dir" and cfg == TrainConfig(unet_steps=7, prediction_type="epsilon")
+
+
+def test_a_continued_run_carries_the_sources_lineage_forward(tmp_path):
+    """``--init-from`` (either world): the source's recorded stages, then this run as the next one; a source without
+    a lineage gets one line standing for its own training."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "training_config.json").write_text(json.dumps({"unet_steps_done": 300}))
+    first = continued_record(bare, "unet", "+5 steps")
+    assert first == {"lineage": [f"0: {bare} (300 unet steps; no lineage recorded)",
+                                 f"1: continued from {bare} at its unet step 300: +5 steps"]}
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "training_config.json").write_text(json.dumps({"unet_steps_done": 5, **first}))
+    assert continued_record(recorded, "unet", "+7 steps")["lineage"] == [
+        *first["lineage"], f"2: continued from {recorded} at its unet step 5: +7 steps"]
+    assert continued_record(tmp_path / "none", "unet", "+1 steps")["lineage"] == [
+        f"0: {tmp_path / 'none'} (an unrecorded number of unet steps; no lineage recorded)",
+        f"1: continued from {tmp_path / 'none'} at its unet step ?: +1 steps"]
+
+
+def test_a_run_continued_from_a_saved_pipeline_records_its_lineage(tmp_path):
+    tiny = dict(vae_steps=1, vae_batch=2, renders_per_prompt=1, unet_steps=1, unet_batch=2, save_every=0)
+    source = train_pipeline(tmp_path / "source", TrainConfig(**tiny))
+    continued = train_pipeline(tmp_path / "continued", TrainConfig(**tiny, vae_from=str(tmp_path / "source.vae"),
+                                                                    init_from=str(source), unet_lr=0.0))
+    lineage = json.loads((continued / "training_config.json").read_text())["lineage"]
+    assert lineage[0] == f"0: {source} (1 unet steps; no lineage recorded)"
+    assert lineage[1] == (f"1: continued from {source} at its unet step 1: +1 steps of 2 images, lr 0 (warmup + "
+                          "cosine), v_prediction, linear betas, EMA 0.999")
