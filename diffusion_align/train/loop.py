@@ -42,6 +42,7 @@ from diffusion_align.train.checkpoint import (
 )
 from diffusion_align.train.compile import compile_denoiser, compile_mode
 from diffusion_align.train.data import epoch_batches, make_loader
+from diffusion_align.train.fused import BackwardSteps, check_fused_processes
 from diffusion_align.train.metrics import MetricAverager
 from diffusion_align.train.modelcard import write_model_card
 from diffusion_align.train.nonfinite import clip_and_check_gradients, handle_nonfinite
@@ -98,6 +99,7 @@ class Run:
     last_logs: dict = field(default_factory=dict)  # the metrics of the last logging interval (metrics.json)
     started: float = field(default_factory=time.time)
     step_fault: str | None = None  # a non-finite value met in the optimizer step under way
+    backward_steps: BackwardSteps | None = None  # trainer.fused_backward: the updates are taken inside backward
 
 
 def run(cfg: DictConfig) -> Path:
@@ -117,6 +119,7 @@ def run(cfg: DictConfig) -> Path:
         project_dir=str(out_dir),
     )
     check_distributed_launch(accelerator)
+    check_fused_processes(trainer, accelerator)
     check_optimizer(accelerator, str(trainer.optimizer.get("_target_", "")))
     configure_engine(accelerator, trainer.max_grad_norm, trainer.gradient_accumulation_steps)
     set_seed(cfg.seed)
@@ -143,6 +146,8 @@ def run(cfg: DictConfig) -> Path:
     if trainer.ema.enabled:  # float32 averages, also of weights an engine keeps in bf16 (DeepSpeed)
         ema = EMAModel([p if p.dtype == torch.float32 else p.detach().float() for p in params], decay=trainer.ema.decay)
     r = Run(cfg, accelerator, adapter, reference, method, params, policy, optimizer, scheduler, loader, ema, out_dir)
+    if trainer.fused_backward:
+        r.backward_steps = BackwardSteps(optimizer, params, check_finite=trainer.check_finite)
     resume(r)
     if cfg.reference.get("precompute", False):  # after resume: the pass starts where training will
         r.reference = precompute_reference(
@@ -363,7 +368,8 @@ def stop_requested(accelerator: Accelerator, stop: StopSignals) -> bool:
 
 
 def optimization_step(r: Run, batch):
-    """Forward (the step's science), backward, clip and update on one micro-batch.
+    """Forward (the step's science), backward, clip and update on one micro-batch (with ``trainer.fused_backward``
+    each parameter is updated inside backward: :mod:`~diffusion_align.train.fused`).
 
     A non-finite loss in any micro-batch of an optimizer step, or a non-finite gradient norm at its end, skips the
     whole step (the accumulated gradients are dropped, nothing is updated) or stops, as ``trainer.on_nonfinite``
@@ -381,15 +387,22 @@ def optimization_step(r: Run, batch):
             here = float(out.loss.detach())
             r.step_fault = f"loss {here}" if not math.isfinite(here) else f"loss on another process (here {here})"
         if r.step_fault is None:
-            accelerator.backward(out.loss)
-        if accelerator.sync_gradients and r.step_fault is None:
+            accelerator.backward(out.loss)  # trainer.fused_backward: every parameter is updated in here
+        if r.backward_steps is not None and r.step_fault is None:
+            fault = r.backward_steps.fault()
+            if fault is not None:
+                raise FloatingPointError(
+                    f"non-finite {fault} at step {r.state.step + 1}: with trainer.fused_backward=true each update "
+                    "is taken inside backward and cannot be dropped, so the run stops; the last checkpoint is intact")
+        elif accelerator.sync_gradients and r.step_fault is None:
             r.step_fault = clip_and_check_gradients(trainer, accelerator, r.policy, r.params)
         if r.step_fault is not None and steps_inside_backward(accelerator):
             raise FloatingPointError(
                 f"non-finite {r.step_fault} at step {r.state.step + 1}: under DeepSpeed the optimizer step is taken "
                 "inside backward and cannot be dropped, so the run stops; the last checkpoint is intact")
         if r.step_fault is None:
-            r.optimizer.step()  # accelerate makes it a no-op until the last micro-batch of the step
+            if r.backward_steps is None:
+                r.optimizer.step()  # accelerate makes it a no-op until the last micro-batch of the step
             r.scheduler.step()
         r.optimizer.zero_grad(set_to_none=True)  # likewise: accumulated gradients survive until the step ends
     if accelerator.sync_gradients and r.step_fault is not None:

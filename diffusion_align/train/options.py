@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion_align.config import ConfigError
 from diffusion_align.train.compile import compile_mode
+from diffusion_align.train.fused import check_fused_backward
 
 NONFINITE_POLICIES = ("skip", "stop")
 
@@ -51,7 +52,7 @@ def unknown_keys(node: DictConfig, defaults: dict[str, object], prefix: str) -> 
 
 def check_trainer_config(trainer: DictConfig) -> None:
     """Raise :class:`ConfigError` for an unknown ``trainer`` key, ``trainer.compile`` mode or
-    ``trainer.on_nonfinite`` policy."""
+    ``trainer.on_nonfinite`` policy, or a ``trainer.fused_backward`` that the other keys rule out."""
     unknown = unknown_keys(trainer, known_keys(default_trainer_config()), "trainer.")
     if unknown:
         raise ConfigError(f"unknown trainer key(s) {', '.join(unknown)}: see conf/trainer/default.yaml for the "
@@ -60,3 +61,4 @@ def check_trainer_config(trainer: DictConfig) -> None:
     if trainer.on_nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"trainer.on_nonfinite '{trainer.on_nonfinite}': expected one of "
                           f"{', '.join(NONFINITE_POLICIES)}")
+    check_fused_backward(trainer)
