@@ -4,10 +4,12 @@ Each configuration runs in its own process (so peak memory is its own) through t
 blocks (``diffusion_align.train.loop``): model, reference, trainable parameters, speed options (gradient
 checkpointing, ``torch.compile``), method, loader, optimizer. Timing is the median of synchronized steady-state steps
 (forward, reference, backward, optimizer step), after warm-up (compilation happens in the warm-up steps). Memory:
-the whole process's peak (CPU: peak RSS; GPU: allocated) and while the timed steps ran ("step peak"; GPU: the
-allocator's peak over them, CPU: the largest resident size after one). With ``--override reference.precompute=true``
-the reference errors are computed first by the loop's pass ("pass s"), a frozen copy is released, and the steps run
-no reference forward (reference-free modes ignore it).
+the whole process's peak (CPU: peak RSS; GPU: allocated) and while the steps ran, warm-up included ("step peak"; GPU:
+the allocator's peak over them; CPU: the peak resident size over them, Linux's VmHWM restarted before the first
+step, elsewhere the largest resident size after one). With ``--override reference.precompute=true`` the reference
+errors are computed first by the loop's pass ("pass s"), a frozen copy is released, and the steps run no reference
+forward (reference-free modes ignore it). With ``--override trainer.fused_backward=true`` each parameter is updated
+inside backward and its gradient freed (the loop's ``BackwardSteps``; needs ``trainer.max_grad_norm=0``).
 
     python bench/bench_train.py                       # tiny SD1.5 and SDXL on this machine's device
     python bench/bench_train.py --models tiny_sd15 --batch-size 4 --steps 20
@@ -16,6 +18,8 @@ no reference forward (reference-free modes ignore it).
     python bench/bench_train.py --models tiny_sd15 --modes dpo_lora --override trainer.compile=regional
     python bench/bench_train.py --models tiny_sd15 --modes dpo_full --override trainer.gradient_checkpointing=true
     python bench/bench_train.py --models tiny_sd15 --modes dpo_lora dpo_full --override reference.precompute=true
+    python bench/bench_train.py --models sd15 --modes dpo_full --override model.adapter.path=/models/sd15-size \
+        --override reference.precompute=true --override trainer.fused_backward=true --override trainer.max_grad_norm=0
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def measure(args) -> dict:
     from diffusion_align.config import build
     from diffusion_align.testing.data import write_tiny_pairwise_parquet
     from diffusion_align.train.data import epoch_batches, make_loader
+    from diffusion_align.train.fused import BackwardSteps, check_fused_backward
     from diffusion_align.train.loop import (
         WEIGHT_DTYPES,
         apply_speed_options,
@@ -88,6 +93,8 @@ def measure(args) -> dict:
     loader = make_loader(cfg, adapter)
     optimizer = build(cfg.trainer.optimizer)(params)
     policy, optimizer, loader = accelerator.prepare(adapter.denoiser, optimizer, loader)
+    check_fused_backward(cfg.trainer)
+    fused = BackwardSteps(optimizer, params, check_finite=False) if cfg.trainer.fused_backward else None
     cuda = accelerator.device.type == "cuda"
     pass_s = None
     if cfg.reference.get("precompute", False) and cfg.method.needs_reference:  # the loop's pass, then the steps
@@ -100,6 +107,7 @@ def measure(args) -> dict:
         torch.cuda.reset_peak_memory_stats()  # the steps' own peak (a released reference copy no longer counted)
     process = psutil.Process()
     step_peak = 0
+    hwm = not cuda and restart_peak_rss()
     times, step, epoch = [], 0, 0
     while step < args.warmup + args.steps:
         for batch in epoch_batches(accelerator, loader, epoch):
@@ -108,8 +116,9 @@ def measure(args) -> dict:
             start = time.perf_counter()
             with accelerator.autocast():
                 out = preference_step(adapter, reference, method, batch, epoch=epoch, seed=0, policy=policy)
-            accelerator.backward(out.loss)
-            optimizer.step()
+            accelerator.backward(out.loss)  # with trainer.fused_backward the updates are taken in here
+            if fused is None:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if cuda:
                 torch.cuda.synchronize()
@@ -121,10 +130,32 @@ def measure(args) -> dict:
             if step >= args.warmup + args.steps:
                 break
         epoch += 1
-    # the whole process's peak (CPU: peak RSS; GPU: allocated), and the peak while the timed steps ran
+    if hwm:
+        step_peak = peak_rss_bytes()
+    # the whole process's peak (CPU: peak RSS; GPU: allocated), and the peak while the steps ran
     peak = max(before_steps, step_peak) / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"ms_per_step": statistics.median(times), "peak_gib": peak, "step_peak_gib": step_peak / 2**30,
             "pass_s": pass_s, "device": accelerator.device.type}
+
+
+def restart_peak_rss() -> bool:
+    """Linux: restart the process's peak resident size (VmHWM) from its current size; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return peak_rss_bytes() > 0
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident size since start or the last :func:`restart_peak_rss` (Linux), else 0."""
+    try:
+        with open("/proc/self/status") as handle:
+            line = next((row for row in handle if row.startswith("VmHWM:")), "")
+    except OSError:
+        return 0
+    return int(line.split()[1]) * 1024 if line else 0
 
 
 def main() -> None:

@@ -32,3 +32,17 @@ def test_bench_train_prints_a_row_per_mode(precompute) -> None:
         assert 0 < float(step_peak) <= float(peak) + 0.01
         passed = precompute and mode != "mapo_lora"  # reference-free: nothing to precompute
         assert (pass_s != "-") == passed and (not passed or float(pass_s) > 0)
+
+
+def test_bench_train_takes_fused_updates() -> None:
+    """``--override trainer.fused_backward=true``: the loop's updates inside backward, in the least-memory setup."""
+    command = [sys.executable, str(BENCH), "--models", "tiny_sd15", "--modes", "dpo_full", "--cache", "on",
+               "--steps", "1", "--warmup", "1", "--batch-size", "2", "--override=reference.precompute=true",
+               "--override=trainer.fused_backward=true", "--override=trainer.max_grad_norm=0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"bench_train.py failed:\n{done.stderr[-4000:]}"
+    rows = re.findall(ROW, done.stdout, re.M)
+    assert [mode for mode, *_ in rows] == ["dpo_full"], done.stdout
+    _, ms, _, peak, step_peak, pass_s = rows[0]
+    assert float(ms) > 0 and 0 < float(step_peak) <= float(peak) + 0.01 and float(pass_s) > 0
