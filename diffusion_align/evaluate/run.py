@@ -138,7 +138,8 @@ def saved_samples(model_dir: Path, made: dict[str, Any]) -> dict[tuple[int, int]
     """The samples an earlier run saved in ``model_dir`` with the settings ``made``, by (prompt, sample) index.
 
     Records ``made`` in ``samples.json`` on a first run. A last ``samples.jsonl`` line cut short by a kill, and lines
-    whose PNG is gone, are left out (those samples are generated again).
+    whose PNG is gone, are left out (those samples are generated again). Each line's image is looked up in
+    ``model_dir`` by its file name, so a folder moved or copied elsewhere resumes from its own PNGs.
 
     Raises:
         ValueError: ``model_dir`` holds samples made with other settings (or a damaged ``samples.json``).
@@ -166,8 +167,9 @@ def saved_samples(model_dir: Path, made: dict[str, Any]) -> dict[tuple[int, int]
                 key = (int(row["prompt_index"]), int(row["sample_index"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a kill
-            if Path(row["image"]).is_file():
-                done[key] = row
+            image = model_dir / Path(row["image"]).name  # the PNG beside this log, also in a moved or copied folder
+            if image.is_file():
+                done[key] = {**row, "image": str(image.resolve())}
     return done
 
 

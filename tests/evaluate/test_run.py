@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,23 @@ def test_a_killed_evaluation_resumes_from_its_saved_samples(tiny_sd15_path, tiny
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     with pytest.raises(ValueError, match="holds samples made with other weights"):
         evaluate_models(moved, prompts, {"clip": clip_reward}, tmp_path / "again", **settings)
+
+
+def test_a_copied_sample_folder_resumes_from_its_own_images(tiny_sd15_path, clip_reward, tmp_path, monkeypatch):
+    """A model's sample folder copied into another evaluation (the source then deleted) is reused there, and its
+    rows name the copies, not the source's files."""
+    from diffusion_align.evaluate import run as evaluate_run
+
+    prompts = PromptSet("p", ("a red circle", "a blue square"))
+    settings = {"sampling": SamplingSettings(samples_per_prompt=1, num_inference_steps=2, height=32, width=32),
+                "stats": StatsSettings(n_resamples=20), "report": ReportSettings(plots=False)}
+    first = evaluate_models({"base": str(tiny_sd15_path)}, prompts, {"clip": clip_reward}, tmp_path / "first",
+                            **settings)
+    shutil.copytree(tmp_path / "first" / "images" / "base", tmp_path / "second" / "images" / "base")
+    shutil.rmtree(tmp_path / "first")
+    monkeypatch.setattr(evaluate_run, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    second = evaluate_models({"base": str(tiny_sd15_path)}, prompts, {"clip": clip_reward}, tmp_path / "second",
+                             **settings)
+    copies = (tmp_path / "second" / "images" / "base").resolve()
+    assert [Path(p).parent for p in second.table["image"]] == [copies, copies]
+    assert list(second.table["score/clip"]) == pytest.approx(list(first.table["score/clip"]))
