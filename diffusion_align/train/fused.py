@@ -19,7 +19,8 @@ What backward cannot give the update is refused before any model loads (:func:`c
 - a global gradient-norm clip (``trainer.max_grad_norm`` > 0): the norm is known only once every gradient is, by
   when the updates are taken (Adafactor's own ``clip_threshold``, per parameter, still applies);
 - fp16 mixed precision: its gradient scaler unscales and tests the whole gradient before stepping (bf16 has none);
-- several processes (DDP, FSDP, DeepSpeed): the hooks fire before the gradients are reduced across processes.
+- several processes (DDP, FSDP, DeepSpeed): the hooks fire before the gradients are reduced across processes; and
+  DeepSpeed or FSDP in one process, whose engines take the step themselves.
 
 A non-finite loss still skips the step (backward is not run). A non-finite gradient is found once backward is over,
 when the updates have been taken, so the run stops whatever ``trainer.on_nonfinite`` says (the last checkpoint is
@@ -32,6 +33,7 @@ import math
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from omegaconf import DictConfig
 from torch import nn
 
@@ -59,11 +61,18 @@ def check_fused_backward(trainer: DictConfig) -> None:
 
 
 def check_fused_processes(trainer: DictConfig, accelerator: Accelerator) -> None:
-    """Refuse fused updates with several processes: each would apply its own gradient before the all-reduce."""
-    if trainer.fused_backward and accelerator.num_processes > 1:
+    """Refuse fused updates under a distributed engine: with several processes each would apply its own gradient
+    before the all-reduce, and DeepSpeed or FSDP own the optimizer step even in one process."""
+    if not trainer.fused_backward:
+        return
+    if accelerator.num_processes > 1:
         raise ConfigError(f"trainer.fused_backward=true applies each gradient in backward, before "
                           f"{accelerator.distributed_type.value} reduces it across the {accelerator.num_processes} "
                           "processes: run one process, or set trainer.fused_backward=false")
+    if accelerator.distributed_type != DistributedType.NO:
+        raise ConfigError(f"trainer.fused_backward=true takes the optimizer step itself, which "
+                          f"{accelerator.distributed_type.value} owns: launch without it (one process), or set "
+                          "trainer.fused_backward=false")
 
 
 class BackwardSteps:

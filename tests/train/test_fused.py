@@ -149,17 +149,23 @@ def test_what_backward_cannot_give_is_refused_before_loading(overrides, why, run
                   "trainer.fused_backward=true", *overrides)
 
 
-def test_several_processes_are_refused():
+def test_several_processes_and_engines_that_step_themselves_are_refused():
     from types import SimpleNamespace
 
+    from accelerate.utils import DistributedType
     from omegaconf import OmegaConf
 
     from diffusion_align.train.fused import check_fused_processes
 
-    accelerator = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(value="MULTI_GPU"))
+    fused, unfused = OmegaConf.create({"fused_backward": True}), OmegaConf.create({"fused_backward": False})
+    accelerator = SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_GPU)
     with pytest.raises(ConfigError, match="before MULTI_GPU reduces it across the 2 processes"):
-        check_fused_processes(OmegaConf.create({"fused_backward": True}), accelerator)
-    check_fused_processes(OmegaConf.create({"fused_backward": False}), accelerator)
+        check_fused_processes(fused, accelerator)
+    check_fused_processes(unfused, accelerator)
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(ConfigError, match="takes the optimizer step itself, which DEEPSPEED owns"):
+        check_fused_processes(fused, alone)
+    check_fused_processes(fused, SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO))
 
 
 def test_a_nonfinite_gradient_stops_the_fused_run(run_train, tiny_pairs, tmp_path, monkeypatch):
