@@ -10,8 +10,9 @@ command runs, so one broken row does not cost the lease. Checks, in the order th
 
 - ``lora``: DPO-LoRA on SD1.5's architecture (random weights, ``full_size_model.py``), 512 px, 8 pairs per step,
   rank 4, bf16, latent cache: one row per means of the 60 pairs/s target (eager; ``trainer.compile=regional``;
-  ``reference.precompute=true``; both; both with gradient checkpointing, for the 0.6x memory target), and MaPO-LoRA
-  (no reference pass).
+  ``reference.precompute=true``; both; both with gradient checkpointing, for the 0.6x memory target; both with CUDA
+  graphs, ``trainer.compile_options.mode=reduce-overhead``; both with ``trainer.channels_last``), and MaPO-LoRA (no
+  reference pass).
 - ``full``: DPO full fine-tuning's peak memory (the allocator's) against the official design, a frozen copy: with
   the precomputed reference and ``trainer.fused_backward``, with AdamW and with Adafactor.
 - ``peer``: ``bench_peer.py --preset gpu --cache on``, ours against diffusers' script side by side (needs
@@ -77,7 +78,11 @@ def train_rows(preset: str, models: Path) -> list[Command]:
         rows += [row("lora", "regional", "dpo_lora", sd15, *regional, timeout=420),
                  row("lora", "regional-precompute", "dpo_lora", sd15, *regional, *precompute, timeout=420),
                  row("lora", "regional-precompute-checkpointing", "dpo_lora", sd15, *regional, *precompute,
-                     "--override=trainer.gradient_checkpointing=true", timeout=420)]
+                     "--override=trainer.gradient_checkpointing=true", timeout=420),
+                 row("lora", "regional-precompute-cudagraphs", "dpo_lora", sd15, *regional, *precompute,
+                     "--override=trainer.compile_options.mode=reduce-overhead", timeout=420),
+                 row("lora", "regional-precompute-channels-last", "dpo_lora", sd15, *regional, *precompute,
+                     "--override=trainer.channels_last=true", timeout=420)]
     rows += [
         row("full", "frozen-copy", "dpo_full", sd15),
         row("full", "precompute-fused", "dpo_full", sd15, *precompute, *fused),

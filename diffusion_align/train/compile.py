@@ -10,10 +10,15 @@ MMDiT, PixArt, CogVideoX in diffusers 0.42) they are the element classes of the 
 The policy and the LoRA-disabled reference run the same compiled modules: peft's adapter switch is a Python flag
 that dynamo guards on, so each block gets one graph with the adapters on and one with them off. A frozen or EMA
 reference copy is compiled the same way (``train.loop.apply_speed_options``).
+
+``trainer.compile_options`` (``mode``, ``dynamic``, ``fullgraph``) are passed to every ``compile`` call, those set:
+``mode=reduce-overhead`` replays CUDA graphs (static shapes: a fixed batch size, ``data.loader.drop_last``),
+``mode=max-autotune`` searches kernels, ``dynamic`` and ``fullgraph`` as torch.compile documents them.
 """
 
 from __future__ import annotations
 
+import torch
 import torch._dynamo
 from torch import nn
 
@@ -42,6 +47,11 @@ def compile_mode(value) -> str | None:
     raise ConfigError(f"trainer.compile '{value}': expected false, true (= full) or one of {', '.join(COMPILE_MODES)}")
 
 
+def compile_options(value) -> dict:
+    """``trainer.compile_options`` as ``torch.compile`` keyword arguments: the ones set (not null)."""
+    return {key: option for key, option in dict(value or {}).items() if option is not None}
+
+
 def repeated_block_classes(denoiser: nn.Module) -> set[str]:
     """Class names of the denoiser's repeated blocks: its ``_repeated_blocks``, else its block lists' elements."""
     declared = getattr(denoiser, "_repeated_blocks", None)
@@ -55,8 +65,9 @@ def repeated_block_classes(denoiser: nn.Module) -> set[str]:
     return found
 
 
-def compile_denoiser(denoiser: nn.Module, mode: str | None) -> list[nn.Module]:
-    """Compile ``denoiser`` in place (``nn.Module.compile``: parameter names and state dicts are unchanged).
+def compile_denoiser(denoiser: nn.Module, mode: str | None, options: dict | None = None) -> list[nn.Module]:
+    """Compile ``denoiser`` in place (``nn.Module.compile``: parameter names and state dicts are unchanged), with
+    ``options`` as torch.compile's keyword arguments.
 
     Returns:
         the modules compiled: the denoiser itself, or each repeated block.
@@ -66,8 +77,9 @@ def compile_denoiser(denoiser: nn.Module, mode: str | None) -> list[nn.Module]:
     """
     if mode is None:
         return []
+    options = options or {}
     if mode == "full":
-        denoiser.compile()
+        denoiser.compile(**options)
         return [denoiser]
     classes = repeated_block_classes(denoiser)
     blocks = [m for m in denoiser.modules() if type(m).__name__ in classes]
@@ -76,5 +88,15 @@ def compile_denoiser(denoiser: nn.Module, mode: str | None) -> list[nn.Module]:
                          f"no block list ({', '.join(BLOCK_LISTS)}); use trainer.compile=full")
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks:
-        block.compile()
+        block.compile(**options)
     return blocks
+
+
+def use_channels_last(denoiser: nn.Module) -> bool:
+    """Convolution weights in channels-last memory format (``trainer.channels_last``); a convolution then computes in
+    it and hands it on, so a UNet runs channels-last from its first layer. Returns whether the denoiser has any 4-D
+    weight to convert (a transformer's patch embedding has one; a UNet has dozens)."""
+    if not any(p.dim() == 4 for p in denoiser.parameters()):
+        return False
+    denoiser.to(memory_format=torch.channels_last)
+    return True

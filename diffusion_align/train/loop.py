@@ -40,7 +40,7 @@ from diffusion_align.train.checkpoint import (
     save_checkpoint,
     staging_dir,
 )
-from diffusion_align.train.compile import compile_denoiser, compile_mode
+from diffusion_align.train.compile import compile_denoiser, compile_mode, compile_options, use_channels_last
 from diffusion_align.train.data import epoch_batches, make_loader
 from diffusion_align.train.fused import BackwardSteps, check_fused_processes
 from diffusion_align.train.metrics import MetricAverager
@@ -249,14 +249,20 @@ def place_modules(adapter, reference, accelerator: Accelerator, weight_dtype: to
 
 
 def apply_speed_options(trainer: DictConfig, adapter, reference) -> None:
-    """``trainer.gradient_checkpointing`` and ``trainer.compile`` on the denoiser, after LoRA and placement; the
-    compile mode also on a frozen (or EMA) reference copy, whose forward pass is a third of a step's work."""
+    """``trainer.gradient_checkpointing``, ``trainer.channels_last`` and ``trainer.compile`` (with
+    ``trainer.compile_options``) on the denoiser, after LoRA and placement; the memory format and the compile mode
+    also on a frozen (or EMA) reference copy, whose forward pass is a third of a step's work."""
     if trainer.gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
-    mode = compile_mode(trainer.compile)
-    compile_denoiser(adapter.denoiser, mode)
-    if isinstance(reference, FrozenReference):
-        compile_denoiser(reference.model, mode)
+    copy = reference.model if isinstance(reference, FrozenReference) else None
+    if trainer.channels_last:  # before compiling: the graphs are traced with the weights' layout
+        for denoiser in (adapter.denoiser, copy):
+            if denoiser is not None:
+                use_channels_last(denoiser)
+    mode, options = compile_mode(trainer.compile), compile_options(trainer.compile_options)
+    compile_denoiser(adapter.denoiser, mode, options)
+    if copy is not None:
+        compile_denoiser(copy, mode, options)
 
 
 def make_method(cfg: DictConfig, adapter) -> StepInputs | OnlineInputs:

@@ -51,7 +51,7 @@ def unknown_keys(node: DictConfig, defaults: dict[str, object], prefix: str) -> 
 
 
 def check_trainer_config(trainer: DictConfig) -> None:
-    """Raise :class:`ConfigError` for an unknown ``trainer`` key, ``trainer.compile`` mode or
+    """Raise :class:`ConfigError` for an unknown ``trainer`` key, ``trainer.compile`` mode,
     ``trainer.on_nonfinite`` policy, or a ``trainer.fused_backward`` that the other keys rule out."""
     unknown = unknown_keys(trainer, known_keys(default_trainer_config()), "trainer.")
     if unknown:

@@ -21,13 +21,13 @@ def test_the_gpu_plan_builds_the_models_first_and_runs_every_check():
     lines = listed("--diffusers-checkout", "/src/diffusers", "--models", "/models")
     names = [line.split(" ", 1)[0] for line in lines[:-1]]
     assert names[:2] == ["build/sd15", "build/sdxl"]
-    assert [n.split("/")[0] for n in names[2:]] == ["lora"] * 6 + ["full"] * 4 + ["peer", "sdxl", "sdxl"]
+    assert [n.split("/")[0] for n in names[2:]] == ["lora"] * 8 + ["full"] * 4 + ["peer", "sdxl", "sdxl"]
     by_name = dict(zip(names, lines))
     assert "model.adapter.path=/models/sd15 --resolution 512 --batch-size 8 --precision bf16" in by_name["lora/eager"]
     assert "trainer.fused_backward=true --override=trainer.max_grad_norm=0" in by_name["full/precompute-fused"]
     assert "bench_peer.py --preset gpu --cache on --diffusers-checkout /src/diffusers" in by_name["peer/side-by-side"]
     assert "--resolution 1024 --batch-size 4" in by_name["sdxl/regional"] and "compile=regional" in by_name["sdxl/regional"]
-    assert lines[-1].startswith("15 commands")
+    assert lines[-1].startswith("17 commands")
 
 
 def test_without_a_checkout_the_peer_check_is_left_out():

@@ -9,6 +9,14 @@ from diffusion_align.config import ConfigError
 from diffusion_align.train.compile import compile_denoiser, compile_mode, repeated_block_classes
 
 
+class Recorded(list):
+    kwargs: list[dict]
+
+    def __init__(self):
+        super().__init__()
+        self.kwargs = []
+
+
 @pytest.mark.parametrize(("value", "mode"), [(False, None), (None, None), ("false", None), (True, "full"),
                                              ("true", "full"), ("full", "full"), ("regional", "regional")])
 def test_compile_modes(value, mode):
@@ -23,12 +31,13 @@ def test_unknown_compile_mode_is_refused():
 @pytest.fixture
 def recorded(monkeypatch):
     """Class names of the modules ``nn.Module.compile`` is called on (compiled with the eager backend: the wiring,
-    not inductor's C++ build, is under test)."""
-    compiled = []
+    not inductor's C++ build, is under test); the keyword arguments of each call in ``recorded.kwargs``."""
+    compiled = Recorded()
     original = torch.nn.Module.compile
 
     def record(self, *args, **kwargs):
         compiled.append(type(self).__name__)
+        compiled.kwargs.append(kwargs)
         return original(self, *args, backend="eager")
 
     monkeypatch.setattr(torch.nn.Module, "compile", record)
@@ -98,3 +107,53 @@ def test_a_frozen_reference_copy_is_compiled_too(run_train, tiny_pairs, tmp_path
 def test_config_check_names_a_bad_compile_mode(run_train, tiny_pairs, tmp_path):
     with pytest.raises(ConfigError, match="trainer.compile 'fastest'"):
         run_train(tmp_path / "bad", f"data.dataset.paths={tiny_pairs}", "trainer.compile=fastest")
+
+
+def test_compile_options_reach_every_compile_call(run_train, tiny_pairs, tmp_path, recorded):
+    run_train(tmp_path / "full", f"data.dataset.paths={tiny_pairs}", "model.finetune.mode=full",
+              "reference=frozen_copy", "trainer.compile=full", "trainer.max_steps=1",
+              "trainer.compile_options.mode=reduce-overhead", "trainer.compile_options.dynamic=false")
+    # the options set, to the policy's compile and the copy's (fullgraph's default false is torch's too)
+    assert recorded.kwargs == [{"mode": "reduce-overhead", "dynamic": False, "fullgraph": False}] * 2
+
+
+def test_an_unknown_compile_option_is_refused_before_loading(run_train, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown trainer key\(s\) 'trainer.compile_options.mod' \(did you mean "
+                                          r"'trainer.compile_options.mode'\?\)"):
+        run_train(tmp_path / "bad", "data.dataset.paths=/nonexistent", "model.adapter.path=/nonexistent",
+                  "+trainer.compile_options.mod=max-autotune")
+
+
+def test_channels_last_converts_the_convolutions_and_trains_as_contiguous(run_train, tiny_pairs, tiny_sd15_path,
+                                                                         tmp_path, monkeypatch):
+    """A full fine-tune with a frozen copy: both networks' 4-D weights channels-last, the trained weights (saved
+    contiguous, checkpoints too) equal to a contiguous run's within float reordering."""
+    from diffusion_align.train import loop
+
+    seen = {}
+    original = loop.apply_speed_options
+
+    def watched(trainer, adapter, reference):
+        original(trainer, adapter, reference)
+        for name, model in (("policy", adapter.denoiser), ("copy", reference.model)):
+            seen[name] = all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()
+                             if p.dim() == 4)
+
+    # SGD: the update follows the gradient's float reordering, where Adam's normalisation would magnify it in the
+    # elements whose gradient is near zero
+    sgd = ["trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas", "~trainer.optimizer.eps"]
+    common = [f"data.dataset.paths={tiny_pairs}", f"model.adapter.path={tiny_sd15_path}", "model.finetune.mode=full",
+              "reference=frozen_copy", "trainer.max_steps=2", "trainer.checkpoint_every=1",
+              "trainer.optimizer.lr=0.05", *sgd]
+    plain = run_train(tmp_path / "plain", *common)
+    monkeypatch.setattr(loop, "apply_speed_options", watched)
+    last = run_train(tmp_path / "channels_last", *common, "trainer.channels_last=true")
+    assert seen == {"policy": True, "copy": True}
+    a = load_file(plain / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(last / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    initial = load_file(tiny_sd15_path / "unet" / "diffusion_pytorch_model.safetensors")
+    assert initial.keys() == b.keys() and any(v.dim() == 4 for v in b.values())
+    assert any(not torch.equal(v, initial[k]) for k, v in b.items() if v.dim() == 4), "the convolutions did not train"
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7, msg=key)
+    assert (last / "checkpoints" / "checkpoint-2" / "trainable.safetensors").is_file()
