@@ -92,11 +92,11 @@ def compile_denoiser(denoiser: nn.Module, mode: str | None, options: dict | None
     return blocks
 
 
-def use_channels_last(denoiser: nn.Module) -> bool:
-    """Convolution weights in channels-last memory format (``trainer.channels_last``); a convolution then computes in
-    it and hands it on, so a UNet runs channels-last from its first layer. Returns whether the denoiser has any 4-D
-    weight to convert (a transformer's patch embedding has one; a UNet has dozens)."""
-    if not any(p.dim() == 4 for p in denoiser.parameters()):
-        return False
-    denoiser.to(memory_format=torch.channels_last)
-    return True
+def use_channels_last(denoiser: nn.Module) -> None:
+    """2-D convolution weights (4-D tensors) in channels-last memory format (``trainer.channels_last``); a
+    convolution then computes in it and hands it on, so a UNet runs channels-last from its first layer. Each 4-D
+    parameter is converted on its own: ``Module.to(memory_format=...)`` would also take 5-D weights (Wan's 3-D patch
+    embedding), which the 2-D format refuses."""
+    for param in denoiser.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)

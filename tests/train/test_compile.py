@@ -6,7 +6,12 @@ from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel, UNet2DCon
 from safetensors.torch import load_file
 
 from diffusion_align.config import ConfigError
-from diffusion_align.train.compile import compile_denoiser, compile_mode, repeated_block_classes
+from diffusion_align.train.compile import (
+    compile_denoiser,
+    compile_mode,
+    repeated_block_classes,
+    use_channels_last,
+)
 
 
 class Recorded(list):
@@ -157,3 +162,15 @@ def test_channels_last_converts_the_convolutions_and_trains_as_contiguous(run_tr
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7, msg=key)
     assert (last / "checkpoints" / "checkpoint-2" / "trainable.safetensors").is_file()
+
+
+def test_channels_last_leaves_a_video_transformers_3d_patch_embedding_alone(tiny_wan_path):
+    """Wan's patch embedding is a 3-D convolution (a 5-D weight), which the 2-D channels-last format refuses."""
+    from diffusers import WanTransformer3DModel
+
+    transformer = WanTransformer3DModel.from_pretrained(tiny_wan_path, subfolder="transformer")
+    before = {name: p.detach().clone() for name, p in transformer.named_parameters()}
+    use_channels_last(transformer)
+    assert any(p.dim() == 5 for p in transformer.parameters())
+    for name, p in transformer.named_parameters():
+        assert p.is_contiguous() and torch.equal(p, before[name]), name
