@@ -66,7 +66,7 @@ def measure(args) -> dict:
     from diffusion_align.config import build
     from diffusion_align.testing.data import write_tiny_pairwise_parquet
     from diffusion_align.train.data import epoch_batches, make_loader
-    from diffusion_align.train.fused import BackwardSteps, check_fused_backward
+    from diffusion_align.train.fused import BackwardSteps
     from diffusion_align.train.loop import (
         WEIGHT_DTYPES,
         apply_speed_options,
@@ -75,6 +75,7 @@ def measure(args) -> dict:
         make_trainable,
         place_modules,
     )
+    from diffusion_align.train.options import check_trainer_config
     from diffusion_align.train.precompute import check_precompute, precompute_reference
     from diffusion_align.train.step import preference_step
 
@@ -83,6 +84,7 @@ def measure(args) -> dict:
     cfg = compose(args.models[0], args.modes[0], args.cache == "on", args.batch_size, tmp + "/data", tmp + "/out",
                   [f"model.resolution={args.resolution}", f"trainer.mixed_precision={args.precision}",
                    *args.override])
+    check_trainer_config(cfg.trainer)  # the loop's checks of the trainer keys (fused updates among them)
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
     adapter = build(cfg.model.adapter)
     reference = make_reference(cfg, adapter)
@@ -93,7 +95,6 @@ def measure(args) -> dict:
     loader = make_loader(cfg, adapter)
     optimizer = build(cfg.trainer.optimizer)(params)
     policy, optimizer, loader = accelerator.prepare(adapter.denoiser, optimizer, loader)
-    check_fused_backward(cfg.trainer)
     fused = BackwardSteps(optimizer, params, check_finite=False) if cfg.trainer.fused_backward else None
     cuda = accelerator.device.type == "cuda"
     pass_s = None
