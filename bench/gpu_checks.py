@@ -132,13 +132,13 @@ def table_lines(output: str) -> list[str]:
     return keep[-12:]
 
 
-def run(commands: list[Command], out: Path) -> list[tuple[Command, int, float]]:
-    """Run each command (the same Python), its output to ``out/<check>-<row>.log``; a summary after each."""
+def run(commands: list[Command], out: Path) -> list[tuple[Command, int]]:
+    """Run each command (the same Python), its output to ``out/<check>-<row>.log``; the summary rewritten after each
+    (a lease cut short keeps what was measured). Returns each command's exit status."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    results = []
+    results, blocks = [], []
     for command in commands:
-        log = out / f"{command.check}-{command.row}.log"
         started = time.time()
         try:
             done = subprocess.run([sys.executable, *command.argv], capture_output=True, text=True, env=env,
@@ -148,21 +148,20 @@ def run(commands: list[Command], out: Path) -> list[tuple[Command, int, float]]:
             status = 124
             output = (expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
         seconds = time.time() - started
-        log.write_text(output)
-        results.append((command, status, seconds))
-        write_summary(results, out / "summary.txt")
+        (out / f"{command.check}-{command.row}.log").write_text(output)
+        results.append((command, status))
+        blocks.append(summary_block(command, status, seconds, output))
+        (out / "summary.txt").write_text("\n\n".join(blocks) + "\n")
         print(f"{command.check}/{command.row}: exit {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
     return results
 
 
-def write_summary(results: list[tuple[Command, int, float]], path: Path) -> None:
-    blocks = []
-    for command, status, seconds in results:
-        output = (path.parent / f"{command.check}-{command.row}.log").read_text()
-        lines = table_lines(output) if status == 0 else output.strip().splitlines()[-8:]
-        blocks.append("\n".join([f"## {command.check}/{command.row}: exit {status} after {seconds:.0f} s",
-                                 "$ python " + " ".join(command.argv), *lines]))
-    path.write_text("\n\n".join(blocks) + "\n")
+def summary_block(command: Command, status: int, seconds: float, output: str) -> str:
+    """A command's part of ``summary.txt``: its exit status and time, the command, and its table (or, failed, the
+    end of its output)."""
+    lines = table_lines(output) if status == 0 else output.strip().splitlines()[-8:]
+    return "\n".join([f"## {command.check}/{command.row}: exit {status} after {seconds:.0f} s",
+                      "$ python " + " ".join(command.argv), *lines])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(commands)} commands, at most {total / 60:.0f} min in all")
         return
     results = run(commands, args.out)
-    failed = [f"{c.check}/{c.row}" for c, status, _ in results if status != 0]
+    failed = [f"{c.check}/{c.row}" for c, status in results if status != 0]
     print((args.out / "summary.txt").read_text())
     if failed:
         raise SystemExit(f"failed or timed out: {', '.join(failed)} (logs in {args.out})")
